@@ -1,0 +1,177 @@
+"""Typed run configuration: one flat dataclass, YAML recipes, ``key=value`` overrides.
+
+Every field has a default and a one-line comment saying what it is and, for the
+algorithmic ones, where its value comes from. A recipe (``configs/*.yaml``) sets
+some fields; ``key=value`` arguments on the command line override them; the
+resolved config is written into the run directory as ``config.yaml``.
+
+Bad input raises :class:`ConfigError` with one line naming the key and what was
+expected; the CLI prints it and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid: unknown key, wrong type or impossible value."""
+
+
+@dataclass
+class RunConfig:
+    """The main job: build a tokenizer and a tiny policy, pretrain a base, GRPO, evaluate."""
+
+    # --- run ---
+    name: str = "r1-zero-mult"  # run directory is runs/<name>/
+    runs_dir: str = "runs"  # parent folder of run directories
+    seed: int = 0  # seeds data generation, initialisation, sampling and shuffling
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+
+    # --- task ---
+    task: str = "multiplication"  # "multiplication" or "countdown"
+    digits: list = field(default_factory=lambda: [2, 2])  # multiplication: digits of each factor
+    countdown_nums: int = 3  # countdown: how many numbers per puzzle
+    countdown_max_num: int = 20  # countdown: numbers are drawn from 1..max
+    countdown_max_target: int = 100  # countdown: target is in 1..max
+    countdown_cd3_test: str = ""  # optional extra eval file (../shared/data/countdown/cd3_test.jsonl)
+    long_frac: float = 0.3  # share of base-corpus traces that reason step by step (the rest answer directly)
+
+    # --- policy (a Llama-class decoder built from a config, random init) ---
+    model_type: str = "llama"  # decoder class; "llama" (see models/policy.py for why not qwen2)
+    hidden_size: int = 128  # width; ~1M params with 4 layers at 128
+    num_layers: int = 4  # decoder layers
+    num_heads: int = 4  # attention heads
+    num_kv_heads: int = 2  # key/value heads (grouped-query attention)
+    intermediate_size: int = 384  # MLP width
+    max_position: int = 256  # max tokens per sequence (prompt + completion)
+
+    # --- base model: short pretraining on a generated corpus (stands in for R1-Zero's base) ---
+    pretrain_steps: int = 1000  # optimizer steps (fixed, not timed, so a seed gives the same base)
+    pretrain_batch_size: int = 64  # sequences per pretraining step
+    pretrain_lr: float = 2e-3  # AdamW peak learning rate: linear warm-up, cosine decay to 10%
+    pretrain_warmup_steps: int = 50  # linear warm-up steps
+
+    # --- GRPO (DeepSeek-R1 arXiv 2501.12948 §2.2 Eq. 1-3; DeepSeekMath arXiv 2402.03300 Eq. 3) ---
+    rl_steps: int = 100  # GRPO steps (one rollout batch and num_iterations updates each)
+    prompts_per_step: int = 16  # B: prompts per RL step
+    group_size: int = 8  # G: completions sampled per prompt (R1 uses 16)
+    max_new_tokens: int = 96  # completion length limit, tokens
+    temperature: float = 1.0  # rollout sampling temperature (R1-Zero: 1.0)
+    lr: float = 2e-4  # policy AdamW learning rate
+    beta: float = 0.02  # KL coefficient, k3 estimator (R1 uses 0.001 at its scale)
+    clip_eps: float = 0.2  # clip range epsilon (R1 Eq. 1: 10 at its scale; PPO/GRPO default 0.2)
+    num_iterations: int = 1  # mu: policy updates per rollout batch (R1-Zero: 1, strictly on-policy)
+    max_grad_norm: float = 1.0  # gradient clipping
+    adv_eps: float = 1e-4  # epsilon in (r - mean) / (std + eps)
+    format_weight: float = 1.0  # weight of the format reward (accuracy weight is 1)
+    log_every: int = 5  # print a status line every N steps
+    samples_every: int = 10  # write rollout samples every N steps
+    save_every: int = 25  # write a checkpoint every N steps
+
+    # --- evaluation (R1 protocol: pass@1 over k samples at T=0.6, top-p 0.95) ---
+    eval_problems: int = 200  # held-out problems, fixed seed, disjoint from training
+    eval_k: int = 8  # samples per problem
+    eval_temperature: float = 0.6  # R1 §3
+    eval_top_p: float = 0.95  # R1 §3
+    eval_batch_size: int = 512  # completions sampled at once during evaluation
+
+    def validate(self) -> None:
+        """Check values that no type can express; raise ConfigError with one line."""
+        if self.task not in ("multiplication", "countdown"):
+            raise ConfigError(f"task={self.task!r}: expected 'multiplication' or 'countdown'")
+        if self.model_type != "llama":
+            raise ConfigError(f"model_type={self.model_type!r}: expected 'llama' (see r1/models/policy.py)")
+        if self.group_size < 2:
+            raise ConfigError(f"group_size={self.group_size}: expected >= 2 (group-relative advantages need 2 completions)")
+        if len(self.digits) != 2 or any(not isinstance(d, int) or not 1 <= d <= 4 for d in self.digits):
+            raise ConfigError(f"digits={self.digits!r}: expected two integers in 1..4, e.g. [2, 2]")
+        if not 2 <= self.countdown_nums <= 4:
+            raise ConfigError(f"countdown_nums={self.countdown_nums}: expected 2, 3 or 4")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}: "
+                "expected hidden_size divisible by num_heads and num_heads by num_kv_heads")
+        for key in ("long_frac",):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"{key}={getattr(self, key)}: expected a value in [0, 1]")
+        for key in ("temperature", "eval_temperature"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}={getattr(self, key)}: expected > 0")
+        if not 0 < self.eval_top_p <= 1:
+            raise ConfigError(f"eval_top_p={self.eval_top_p}: expected a value in (0, 1]")
+        for key in ("beta", "clip_eps", "lr", "pretrain_lr", "format_weight", "adv_eps", "max_grad_norm"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}={getattr(self, key)}: expected >= 0")
+        for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "max_position",
+                    "pretrain_batch_size", "prompts_per_step", "max_new_tokens", "num_iterations", "eval_problems",
+                    "eval_k", "eval_batch_size", "log_every", "samples_every", "save_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)}: expected >= 1")
+        for key in ("pretrain_steps", "rl_steps", "pretrain_warmup_steps", "threads"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}={getattr(self, key)}: expected >= 0")
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name={self.name!r}: expected a non-empty folder name without '/'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+_HINTS = typing.get_type_hints(RunConfig)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Return ``value`` as the type of field ``key``; raise ConfigError if it cannot be."""
+    if key not in _FIELDS:
+        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(sorted(_FIELDS))}")
+    want = _HINTS[key]
+    if isinstance(value, str) and want is not str:
+        value = yaml.safe_load(value) if value.strip() else value
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if want is list and isinstance(value, tuple):
+        value = list(value)
+    ok = isinstance(value, want) and not (want in (int, float) and isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: expected {want.__name__}")
+    return value
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Build a RunConfig from an optional YAML recipe and ``key=value`` overrides.
+
+    Raises:
+        ConfigError: unreadable recipe, unknown key, wrong type or impossible value.
+    """
+    values: dict[str, Any] = {}
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"recipe {str(recipe)!r} not found: expected a YAML file such as configs/r1-zero-mult.yaml")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"recipe {str(recipe)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"recipe {str(recipe)!r}: expected a mapping of key: value")
+        values.update(loaded)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        values[key.strip()] = raw
+    cfg = RunConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    cfg.validate()
+    return cfg
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,84 @@
+"""Held-out evaluation with the R1 protocol (DeepSeek-R1, arXiv 2501.12948, §3, "Evaluation Setup").
+
+For each problem, k completions are sampled at temperature 0.6 and top-p 0.95;
+pass@1 = mean over problems of the share of correct completions among the k.
+Scoring uses the same verifier as training.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from r1.models.tokenizer import prompt_text
+from r1.rl.trainer import score
+from r1.rollout.engine import generate_rollouts
+
+
+def heldout_problems(task, n: int, seed: int) -> list:
+    """``n`` distinct problems drawn with a fixed seed; training excludes their keys."""
+    rng = random.Random(f"{seed}/heldout")
+    seen, problems = set(), []
+    for _ in range(100 * n):
+        p = task.sample(rng)
+        if p.key not in seen:
+            seen.add(p.key)
+            problems.append(p)
+            if len(problems) == n:
+                break
+    return problems
+
+
+def evaluate(model, tokenizer, task, problems: list, cfg, progress=None) -> dict:
+    """pass@1 over ``cfg.eval_k`` samples per problem, mean length, format and reasoning shares.
+
+    Args:
+        problems: held-out problems.
+        progress: optional callable ``(n_done)`` advanced by completions sampled.
+    Returns:
+        ``{"summary": {...}, "problems": [{question, answer, samples: [{completion, correct, ...}]}]}``;
+        lengths are in tokens (EOS included).
+    """
+    k = cfg.eval_k
+    per_chunk = max(1, cfg.eval_batch_size // k)
+    torch.manual_seed(cfg.seed * 7919 + 17)
+    texts, lengths, truncated = [], [], []
+    for start in range(0, len(problems), per_chunk):
+        chunk = problems[start:start + per_chunk]
+        batch = _sample(model, tokenizer, chunk, k, cfg)
+        texts += batch.texts
+        lengths += batch.lengths.tolist()
+        truncated += batch.truncated.tolist()
+        if progress is not None:
+            progress(len(texts))
+    answers = [p.answer for p in problems for _ in range(k)]
+    scores = score(task, texts, answers, cfg.format_weight)
+    correct = scores.accuracy.view(-1, k)  # [n, k]
+    records = []
+    for i, p in enumerate(problems):
+        records.append({"question": p.question, "answer": p.answer, "samples": [
+            {"completion": texts[i * k + j], "correct": bool(correct[i, j]), "format": scores.format[i * k + j].item(),
+             "reasons": bool(scores.reasons[i * k + j]), "length": lengths[i * k + j],
+             "truncated": truncated[i * k + j]} for j in range(k)]})
+    lens = torch.tensor(lengths, dtype=torch.float)
+    ok = scores.accuracy > 0
+    summary = {
+        "pass@1": correct.mean().item(),
+        "len_mean": lens.mean().item(),
+        "len_correct": lens[ok].mean().item() if ok.any() else None,
+        "reasoning_frac": scores.reasons.mean().item(),
+        "format": scores.format.mean().item(),
+        "truncated_frac": sum(truncated) / len(truncated),
+        "problems": len(problems),
+        "k": k,
+        "temperature": cfg.eval_temperature,
+        "top_p": cfg.eval_top_p,
+    }
+    return {"summary": summary, "problems": records}
+
+
+def _sample(model, tokenizer, problems, k, cfg):
+    prompts = [prompt_text(tokenizer, p.question) for p in problems]
+    return generate_rollouts(model, tokenizer, prompts, k, cfg.max_new_tokens, cfg.eval_temperature,
+                             cfg.eval_top_p, batch_size=cfg.eval_batch_size)

@@ -1,0 +1,1 @@
+"""Tokenizer and policy builders: tiny models from configs, saved in Hugging Face format."""

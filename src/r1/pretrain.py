@@ -1,0 +1,85 @@
+"""The base model: a short pretraining on a generated corpus in the R1-Zero template.
+
+It stands in for the pretrained base of R1-Zero (DeepSeek-V3-Base). The corpus
+mixes a step-by-step style (``long_frac`` of the traces) with direct answers, so
+the base holds a latent way to reason that it uses only sometimes; RL with
+verifiable rewards then has something to elicit. The loss is next-token
+cross-entropy on completion tokens (the prompt is given, not learnt).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+
+from r1.models.tokenizer import prompt_text
+
+
+def sample_train_problem(task, rng: random.Random, heldout: set):
+    """A training problem whose key is not in the held-out evaluation set."""
+    while True:
+        problem = task.sample(rng)
+        if problem.key not in heldout:
+            return problem
+
+
+def corpus_batch(task, tokenizer, rng: random.Random, heldout: set, batch_size: int, long_frac: float):
+    """One batch of base-corpus examples: input_ids, attention_mask, labels ([N, T], right-padded).
+
+    Labels are -100 on the prompt and on padding; the EOS that ends each
+    completion is a target.
+    """
+    rows, labels = [], []
+    for _ in range(batch_size):
+        problem = sample_train_problem(task, rng, heldout)
+        prompt = tokenizer(prompt_text(tokenizer, problem.question), add_special_tokens=False).input_ids
+        completion = task.trace(problem, rng.random() < long_frac, rng)
+        target = tokenizer(completion, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        rows.append(prompt + target)
+        labels.append([-100] * len(prompt) + target)
+    width = max(map(len, rows))
+    ids = torch.full((batch_size, width), tokenizer.pad_token_id)
+    lab = torch.full((batch_size, width), -100)
+    att = torch.zeros((batch_size, width), dtype=torch.long)
+    for i, (r, l) in enumerate(zip(rows, labels)):
+        ids[i, :len(r)] = torch.tensor(r)
+        lab[i, :len(l)] = torch.tensor(l)
+        att[i, :len(r)] = 1
+    return ids, att, lab
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up to ``peak``, then cosine decay to 10% of it at ``total`` steps."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def pretrain(model, tokenizer, task, heldout: set, cfg, progress=None) -> dict:
+    """Pretrain ``model`` in place for ``cfg.pretrain_steps`` steps; return loss statistics.
+
+    ``progress`` is a callable ``(step, loss)`` called after every step.
+    """
+    rng = random.Random(f"{cfg.seed}/pretrain")
+    torch.manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, betas=(0.9, 0.95), weight_decay=0.01)
+    model.train()
+    losses = []
+    for step in range(cfg.pretrain_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg.pretrain_steps, cfg.pretrain_warmup_steps, cfg.pretrain_lr)
+        ids, att, lab = corpus_batch(task, tokenizer, rng, heldout, cfg.pretrain_batch_size, cfg.long_frac)
+        loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step, losses[-1])
+    tail = losses[-50:]
+    return {"steps": cfg.pretrain_steps, "loss_first": losses[0] if losses else None,
+            "loss_last50": sum(tail) / max(1, len(tail))}

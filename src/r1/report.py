@@ -1,0 +1,124 @@
+"""Plots (matplotlib PNG) and ``report.md`` for a run directory, from its metrics and evaluations."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _smooth(values: list[float], width: int = 5) -> list[float]:
+    out = []
+    for i in range(len(values)):
+        window = [v for v in values[max(0, i - width + 1):i + 1] if not math.isnan(v)]
+        out.append(sum(window) / len(window) if window else float("nan"))
+    return out
+
+
+def plot_curves(rows: list[dict], plots: Path) -> list[str]:
+    """Write plots/reward.png and plots/length.png; return their paths relative to the run."""
+    plots.mkdir(parents=True, exist_ok=True)
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("reward/accuracy", "accuracy"), ("reward/format", "format"),
+                       ("rollout/reasoning_frac", "share reasoning step by step")):
+        ax.plot(steps, [r[key] for r in rows], alpha=0.25)
+        ax.plot(steps, _smooth([r[key] for r in rows]), label=label, color=ax.lines[-1].get_color())
+    ax.set(xlabel="RL step", ylabel="mean over rollouts (T = 1.0)", ylim=(-0.02, 1.02),
+           title="Rewards during GRPO (faint: per step; solid: 5-step mean)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(plots / "reward.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("rollout/len_mean", "all completions"), ("rollout/len_correct", "correct"),
+                       ("rollout/len_incorrect", "incorrect")):
+        ax.plot(steps, _smooth([r[key] for r in rows]), label=label)
+    ax.set(xlabel="RL step", ylabel="response length (tokens, 5-step mean)", title="Response length during GRPO")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(plots / "length.png", dpi=110)
+    plt.close(fig)
+    return ["plots/reward.png", "plots/length.png"]
+
+
+def _fmt(value, pct=False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{100 * value:.1f}%" if pct else f"{value:.1f}"
+
+
+def _examples(evaluation: dict, n: int = 3) -> str:
+    out = []
+    for rec in evaluation["problems"][:n]:
+        s = rec["samples"][0]
+        verdict = "correct" if s["correct"] else "wrong"
+        out.append(f"**{rec['question']}** (gold {rec['answer']}; {verdict}, {s['length']} tokens)\n\n"
+                   f"```\n{s['completion']}\n```\n")
+    return "\n".join(out)
+
+
+def write_report(run_dir: Path, cfg, extra: dict | None = None) -> Path:
+    """Write ``report.md`` (and the plots) for ``run_dir`` with whatever stages have finished."""
+    rows = read_metrics(run_dir)
+    evals = {}
+    for when in ("before", "after"):
+        path = run_dir / "eval" / f"{when}.json"
+        if path.exists():
+            evals[when] = json.loads(path.read_text())
+    extra = extra or {}
+    lines = [f"# Run `{run_dir.name}`: R1-Zero on {cfg.task}, from scratch", ""]
+    lines += [
+        "The base model is a tiny Llama-class decoder pretrained for a few minutes on a generated corpus in the "
+        "R1-Zero template: it stands in for R1-Zero's pretrained base. A share of that corpus "
+        f"({100 * cfg.long_frac:.0f}%) reasons step by step inside `<think>`; the rest answers directly. "
+        "GRPO with rule-based rewards (accuracy + format) then decides which style the policy keeps.", ""]
+    if extra.get("status"):
+        lines += [f"**Status:** {extra['status']}", ""]
+    lines += ["## Held-out evaluation",
+              "",
+              f"{cfg.eval_problems} held-out problems, {cfg.eval_k} samples each at T = {cfg.eval_temperature}, "
+              f"top-p {cfg.eval_top_p} (the R1 protocol). Lengths in tokens.", "",
+              "| model | pass@1 | mean length | length when correct | reasons step by step | format ok | truncated |",
+              "|---|---|---|---|---|---|---|"]
+    for when, label in (("before", "base (before RL)"), ("after", "after GRPO")):
+        if when in evals:
+            s = evals[when]["summary"]
+            lines.append(f"| {label} | {_fmt(s['pass@1'], True)} | {_fmt(s['len_mean'])} | {_fmt(s['len_correct'])} | "
+                         f"{_fmt(s['reasoning_frac'], True)} | {_fmt(s['format'], True)} | "
+                         f"{_fmt(s['truncated_frac'], True)} |")
+    lines.append("")
+    if rows:
+        plots = plot_curves(rows, run_dir / "plots")
+        first, last = rows[0], rows[-1]
+        lines += ["## Training curves", "",
+                  f"{len(rows)} GRPO steps. Rollout accuracy {_fmt(first['reward/accuracy'], True)} → "
+                  f"{_fmt(last['reward/accuracy'], True)}; mean response length {_fmt(first['rollout/len_mean'])} → "
+                  f"{_fmt(last['rollout/len_mean'])} tokens; share of rollouts reasoning step by step "
+                  f"{_fmt(first['rollout/reasoning_frac'], True)} → {_fmt(last['rollout/reasoning_frac'], True)}.", ""]
+        lines += [f"![{Path(p).stem}]({p})" for p in plots] + [""]
+        timing = {k: sum(r[k] for r in rows) for k in ("time/generate_s", "time/reward_s", "time/update_s")}
+        lines += ["Time in RL: " + ", ".join(f"{k.split('/')[1][:-2]} {v:.0f} s" for k, v in timing.items()), ""]
+    for when, label in (("before", "Samples before RL (base)"), ("after", "Samples after RL")):
+        if when in evals:
+            lines += [f"## {label}", "", "First sample of the first three held-out problems.", "",
+                      _examples(evals[when]), ""]
+    if extra.get("wall_seconds") is not None:
+        lines += [f"Wall time: {extra['wall_seconds']:.0f} s. Files: `config.yaml`, `metrics.jsonl`, `samples/`, "
+                  "`checkpoints/`, `eval/`, `summary.json`.", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

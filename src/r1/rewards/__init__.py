@@ -1,0 +1,1 @@
+"""Pure reward functions: ``(completion, ...) -> float``; no model, no trainer."""

@@ -1,0 +1,138 @@
+"""The GRPO loop, top to bottom: generate_rollouts -> score -> advantages -> policy_update -> log/save.
+
+GRPO as in DeepSeek-R1 (arXiv 2501.12948, §2.2): G completions per prompt at
+temperature 1.0, rule-based rewards (accuracy + format), group-relative
+advantages, clipped importance ratio, KL to the frozen reference (the base) by
+the k3 estimator as a loss term, token mean per completion then mean over the
+group. Deliberate departures, for a 1M-parameter policy on 2 CPU cores:
+* beta = 0.02 and lr = 2e-4 (R1: 0.001 and 3e-6 at 671B parameters);
+* G = 8 completions for each of 16 prompts per step (R1: G = 16);
+* mu = 1 (strictly on-policy, so old log-probabilities are the current ones, detached).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from r1.models.tokenizer import prompt_text
+from r1.pretrain import sample_train_problem
+from r1.rewards.format import format_reward
+from r1.rl.grpo import group_advantages, grpo_loss
+from r1.rl.logprobs import token_logprobs
+from r1.rollout.engine import RolloutBatch, generate_rollouts
+
+
+@dataclass
+class Scores:
+    """Rewards of one rollout batch, one entry per completion ([B*G] each)."""
+
+    accuracy: torch.Tensor  # 1.0 if the verifier accepts the answer
+    format: torch.Tensor  # 1.0 if the think/answer layout is right
+    total: torch.Tensor  # accuracy + format_weight * format
+    reasons: torch.Tensor  # 1.0 if the thinking holds worked steps
+
+
+def score(task, texts: list[str], answers: list[str], format_weight: float) -> Scores:
+    """Score completions with the task's verifier and the format reward (pure functions)."""
+    acc = torch.tensor([task.verify(t, a) for t, a in zip(texts, answers)])
+    fmt = torch.tensor([format_reward(t) for t in texts])
+    reasons = torch.tensor([float(task.reasons(t)) for t in texts])
+    return Scores(acc, fmt, acc + format_weight * fmt, reasons)
+
+
+def policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages: torch.Tensor, cfg) -> dict:
+    """``num_iterations`` optimizer steps on one rollout batch; returns detached statistics."""
+    args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask, cfg.temperature)
+    ref_logp = None
+    if cfg.beta > 0:  # no reference forward at all when beta = 0
+        with torch.no_grad():
+            ref_logp, _ = token_logprobs(reference, *args)
+    old_logp = None
+    if cfg.num_iterations > 1:  # computed once per rollout batch (GRPO Algorithm 1, DeepSeekMath)
+        with torch.no_grad():
+            old_logp, _ = token_logprobs(policy, *args)
+    stats = {}
+    for _ in range(cfg.num_iterations):
+        logp, entropy = token_logprobs(policy, *args)
+        loss, stats = grpo_loss(logp, logp.detach() if old_logp is None else old_logp, ref_logp, advantages,
+                                batch.completion_mask, cfg.clip_eps, cfg.beta)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        mask = batch.completion_mask
+        stats.update(loss=loss.item(), grad_norm=grad_norm.item(),
+                     entropy=((entropy * mask).sum() / mask.sum().clamp(min=1)).item())
+    return stats
+
+
+def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: set, cfg) -> tuple[dict, list[dict]]:
+    """One GRPO step; returns the metrics row and the rollout samples (prompt, completion, rewards)."""
+    rng = random.Random(f"{cfg.seed}/rl/{step}")  # per-step seeds: a resumed run draws the same data
+    problems = [sample_train_problem(task, rng, heldout) for _ in range(cfg.prompts_per_step)]
+    prompts = [prompt_text(tokenizer, p.question) for p in problems]
+    answers = [p.answer for p in problems for _ in range(cfg.group_size)]
+
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed * 1_000_003 + step)
+    batch = generate_rollouts(policy, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
+    t1 = time.perf_counter()
+    scores = score(task, batch.texts, answers, cfg.format_weight)
+    advantages = group_advantages(scores.total, cfg.group_size, cfg.adv_eps)  # [B*G]
+    t2 = time.perf_counter()
+    stats = policy_update(policy, reference, optimizer, batch, advantages, cfg)
+    t3 = time.perf_counter()
+
+    lengths = batch.lengths
+    correct = scores.accuracy > 0
+    zero_std = (scores.total.view(-1, cfg.group_size).std(-1) == 0).float().mean().item()
+    row = {
+        "step": step + 1,
+        "reward/mean": scores.total.mean().item(),
+        "reward/accuracy": scores.accuracy.mean().item(),
+        "reward/format": scores.format.mean().item(),
+        "rollout/len_mean": lengths.mean().item(),
+        "rollout/len_correct": lengths[correct].mean().item() if correct.any() else float("nan"),
+        "rollout/len_incorrect": lengths[~correct].mean().item() if (~correct).any() else float("nan"),
+        "rollout/reasoning_frac": scores.reasons.mean().item(),
+        "rollout/truncated_frac": batch.truncated.float().mean().item(),
+        "rollout/zero_std_frac": zero_std,
+        "train/loss": stats["loss"],
+        "train/kl": stats["kl"],
+        "train/clipfrac": stats["clipfrac"],
+        "train/entropy": stats["entropy"],
+        "train/grad_norm": stats["grad_norm"],
+        "train/ratio_max_dev": stats["ratio_max_dev"],
+        "time/generate_s": t1 - t0,
+        "time/reward_s": t2 - t1,
+        "time/update_s": t3 - t2,
+    }
+    samples = [{"step": step + 1, "prompt": prompts[i // cfg.group_size], "completion": batch.texts[i],
+                "answer": answers[i], "reward": scores.total[i].item(), "accuracy": scores.accuracy[i].item(),
+                "format": scores.format[i].item(), "advantage": advantages[i].item()}
+               for i in range(len(batch.texts))]
+    return row, samples
+
+
+def save_checkpoint(path: Path, policy, tokenizer, optimizer, step: int) -> None:
+    """``save_pretrained`` (safetensors) + tokenizer + ``trainer_state.pt`` (optimizer, step)."""
+    tmp = path.with_name(path.name + ".tmp")
+    policy.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save({"step": step, "optimizer": optimizer.state_dict()}, tmp / "trainer_state.pt")
+    if path.exists():
+        import shutil
+        shutil.rmtree(path)
+    tmp.rename(path)  # a checkpoint folder is complete or absent, never half-written
+
+
+def append_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")

@@ -1,0 +1,1 @@
+"""Rollout engines: sample G completions per prompt and return one typed batch."""

@@ -1,0 +1,81 @@
+"""The CPU rollout engine: batched sampling with `transformers`' own ``generate``.
+
+Shapes: ``N`` = B*G sequences, ``P`` prompt tokens (left-padded), ``L`` completion
+tokens (right-padded after the end-of-sequence token).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig
+
+
+@dataclass
+class RolloutBatch:
+    """Sampled completions for a batch of prompts, ready for scoring and the policy update."""
+
+    prompt_ids: torch.Tensor  # [N, P] long, left-padded with pad id
+    prompt_mask: torch.Tensor  # [N, P] long, 1 on prompt tokens
+    completion_ids: torch.Tensor  # [N, L] long, pad after the first EOS
+    completion_mask: torch.Tensor  # [N, L] float, 1 on completion tokens up to and including EOS
+    truncated: torch.Tensor  # [N] bool, True when no EOS was sampled within the limit
+    texts: list[str]  # N decoded completions, without EOS or padding
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """[N] completion lengths in tokens (EOS included)."""
+        return self.completion_mask.sum(-1)
+
+
+def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask of tokens up to and including the first EOS, and the truncation flags.
+
+    Args:
+        completion_ids: [N, L] sampled token ids.
+    Returns:
+        mask [N, L] float (1 up to and including the first EOS), truncated [N] bool
+        (no EOS anywhere in the row).
+    """
+    is_eos = completion_ids == eos_id  # [N, L]
+    # Tokens strictly after the first EOS are those with at least one EOS before them.
+    after = (is_eos.cumsum(-1) - is_eos.long()) > 0
+    return (~after).float(), ~is_eos.any(-1)
+
+
+@torch.no_grad()
+def generate_rollouts(model, tokenizer, prompts: list[str], num_samples: int, max_new_tokens: int,
+                      temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 512) -> RolloutBatch:
+    """Sample ``num_samples`` completions for each prompt (full sampling, no top-k).
+
+    Args:
+        prompts: B prompt strings, already rendered with the chat template.
+        num_samples: G completions per prompt; rows are grouped prompt-major
+            (rows ``i*G .. i*G+G-1`` belong to prompt ``i``).
+        max_new_tokens: completion limit in tokens.
+        batch_size: sequences sampled at once (memory bound).
+    Randomness comes from torch's global generator: seed it before calling.
+    """
+    was_training = model.training
+    model.eval()
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    prompt_ids = enc.input_ids.repeat_interleave(num_samples, 0)  # [N, P]
+    prompt_mask = enc.attention_mask.repeat_interleave(num_samples, 0)  # [N, P]
+    gen_cfg = GenerationConfig(
+        do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    chunks = []
+    for start in range(0, len(prompt_ids), batch_size):
+        out = model.generate(input_ids=prompt_ids[start:start + batch_size],
+                             attention_mask=prompt_mask[start:start + batch_size], generation_config=gen_cfg)
+        chunks.append(out[:, prompt_ids.shape[1]:])
+    width = max(c.shape[1] for c in chunks)
+    completion_ids = torch.cat(
+        [torch.nn.functional.pad(c, (0, width - c.shape[1]), value=tokenizer.pad_token_id) for c in chunks])
+    mask, truncated = completion_mask(completion_ids, tokenizer.eos_token_id)
+    completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=False)
+    texts = [t.replace(tokenizer.pad_token, "").replace(tokenizer.eos_token, "") for t in texts]
+    model.train(was_training)
+    return RolloutBatch(prompt_ids, prompt_mask, completion_ids, mask, truncated, texts)

@@ -1,0 +1,208 @@
+"""The main job, ``r1 run``: R1-Zero from scratch, stage by stage, resumable.
+
+Stages (each skipped on ``--resume`` when its output exists):
+1. tokenizer + base model: build, pretrain on the generated corpus -> checkpoints/base/
+2. evaluation before RL -> eval/before.json
+3. GRPO -> metrics.jsonl, samples/, checkpoints/step-NNNNNN/ (last one = the final policy)
+4. evaluation after RL -> eval/after.json
+5. summary.json, report.md, plots/
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from r1.config import RunConfig, save_config
+from r1.eval.protocol import evaluate, heldout_problems
+from r1.models.policy import build_policy, count_parameters
+from r1.models.tokenizer import build_tokenizer
+from r1.pretrain import pretrain
+from r1.report import read_metrics, write_report
+from r1.rl.trainer import append_jsonl, rl_step, save_checkpoint
+from r1.tasks import make_task
+
+console = Console()
+
+
+class Interrupted(Exception):
+    """Ctrl-C during RL; the checkpoint and report were written."""
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console)
+
+
+def _load(path: Path):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(path)
+
+
+def _rl_checkpoints(run_dir: Path) -> list[Path]:
+    return sorted(p for p in (run_dir / "checkpoints").glob("step-*") if (p / "trainer_state.pt").exists())
+
+
+def _stage_base(cfg, run_dir, tokenizer, task, heldout_keys):
+    base_dir = run_dir / "checkpoints" / "base"
+    if (base_dir / "model.safetensors").exists():
+        console.print(f"[dim]base model: found {base_dir}, skipping pretraining[/]")
+        return _load(base_dir), json.loads((base_dir / "pretrain.json").read_text())
+    model = build_policy(cfg, tokenizer, cfg.seed)
+    console.print(f"policy: {cfg.model_type}, {count_parameters(model) / 1e6:.2f}M parameters, "
+                  f"vocabulary {len(tokenizer)}")
+    start = time.time()
+    with _progress() as bar:
+        t = bar.add_task("pretrain base", total=cfg.pretrain_steps, rate="", info="")
+
+        def tick(step, loss):
+            rate = (step + 1) / max(1e-9, time.time() - start)
+            bar.update(t, advance=1, rate=f"{rate:.1f} steps/s", info=f"loss {loss:.3f}")
+        info = pretrain(model, tokenizer, task, heldout_keys, cfg, tick)
+    info["seconds"] = time.time() - start
+    model.save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    (base_dir / "pretrain.json").write_text(json.dumps(info, indent=1))
+    return model, info
+
+
+def _stage_eval(cfg, run_dir, model, tokenizer, task, problems, when):
+    path = run_dir / "eval" / f"{when}.json"
+    if path.exists():
+        return json.loads(path.read_text())["summary"]
+    path.parent.mkdir(exist_ok=True)
+    total = len(problems) * cfg.eval_k
+    start = time.time()
+    with _progress() as bar:
+        t = bar.add_task(f"eval {when} RL", total=total, rate="", info="")
+        result = evaluate(model, tokenizer, task, problems, cfg,
+                          lambda n: bar.update(t, completed=n, rate=f"{n / max(1e-9, time.time() - start):.0f} samples/s"))
+    result["summary"]["seconds"] = time.time() - start
+    path.write_text(json.dumps(result, indent=1))
+    s = result["summary"]
+    console.print(f"eval {when} RL: pass@1 {100 * s['pass@1']:.1f}%, mean length {s['len_mean']:.1f} tokens, "
+                  f"reasoning {100 * s['reasoning_frac']:.0f}%, format {100 * s['format']:.0f}%")
+    return s
+
+
+def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys):
+    ckpts = _rl_checkpoints(run_dir)
+    policy = _load(ckpts[-1]) if ckpts else copy.deepcopy(base)
+    reference = base.eval().requires_grad_(False)  # frozen: KL is taken to the base (R1 Eq. 2)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    start_step = 0
+    if ckpts:
+        state = torch.load(ckpts[-1] / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = state["step"]
+        rows = [r for r in read_metrics(run_dir) if r["step"] <= start_step]  # drop steps after the checkpoint
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        console.print(f"[dim]RL: resuming from {ckpts[-1].name}[/]")
+    if start_step >= cfg.rl_steps:
+        return policy
+    policy.train()
+    stop = {"asked": False}
+
+    def on_sigint(signum, frame):  # first Ctrl-C: finish the step, save, stop; second: stop now
+        if stop["asked"]:
+            raise KeyboardInterrupt
+        stop["asked"] = True
+        console.print("[yellow]Ctrl-C: finishing this step, then saving a checkpoint and the report[/]")
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    step = start_step
+    try:
+        with _progress() as bar:
+            t = bar.add_task("GRPO", total=cfg.rl_steps, completed=start_step, rate="", info="")
+            began = time.time()
+            for step in range(start_step, cfg.rl_steps):
+                row, samples = rl_step(step, policy, reference, optimizer, tokenizer, task, heldout_keys, cfg)
+                row["time/elapsed_s"] = time.time() - began
+                append_jsonl(run_dir / "metrics.jsonl", [row])
+                if (step + 1) % cfg.samples_every == 0 or step == 0:
+                    append_jsonl(run_dir / "samples" / f"step-{step + 1:06d}.jsonl", samples)
+                rate = (step + 1 - start_step) / max(1e-9, time.time() - began)
+                bar.update(t, advance=1, rate=f"{rate:.2f} steps/s",
+                           info=f"acc {row['reward/accuracy']:.2f} len {row['rollout/len_mean']:.0f}")
+                if (step + 1) % cfg.log_every == 0:
+                    bar.console.print(
+                        f"step {step + 1:4d} | reward {row['reward/mean']:.3f} | acc {row['reward/accuracy']:.3f} | "
+                        f"format {row['reward/format']:.2f} | len {row['rollout/len_mean']:.1f} | "
+                        f"reasoning {row['rollout/reasoning_frac']:.2f} | kl {row['train/kl']:.4f} | "
+                        f"gen {row['time/generate_s']:.2f}s upd {row['time/update_s']:.2f}s")
+                last = step + 1 == cfg.rl_steps
+                if (step + 1) % cfg.save_every == 0 or last or stop["asked"]:
+                    save_checkpoint(run_dir / "checkpoints" / f"step-{step + 1:06d}", policy, tokenizer, optimizer,
+                                    step + 1)
+                if stop["asked"] and not last:
+                    raise Interrupted(step + 1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return policy
+
+
+def prepare_run_dir(cfg: RunConfig) -> Path:
+    """A new run directory runs/<name>[-N] with the resolved config written into it."""
+    base = Path(cfg.runs_dir) / cfg.name
+    run_dir, n = base, 1
+    while run_dir.exists():
+        run_dir = base.with_name(f"{cfg.name}-{n}")
+        n += 1
+    (run_dir / "samples").mkdir(parents=True)
+    save_config(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+def run(cfg: RunConfig, run_dir: Path) -> dict:
+    """Run (or resume) every stage of the main job in ``run_dir``; return the summary.
+
+    Raises:
+        Interrupted: Ctrl-C during RL (a checkpoint and the report so far were written).
+    """
+    started = time.time()
+    prior = json.loads((run_dir / "summary.json").read_text()).get("wall_seconds", 0.0) \
+        if (run_dir / "summary.json").exists() else 0.0
+    torch.set_num_threads(cfg.threads or torch.get_num_threads())
+    console.print(f"run directory: [bold]{run_dir}[/]  (task {cfg.task}, seed {cfg.seed})")
+    console.print(f"batch: {cfg.prompts_per_step} prompts x G={cfg.group_size} = "
+                  f"{cfg.prompts_per_step * cfg.group_size} completions per GRPO step, up to {cfg.max_new_tokens} "
+                  f"tokens each; {cfg.rl_steps} steps; eval {cfg.eval_problems} problems x k={cfg.eval_k}")
+    tokenizer = build_tokenizer()
+    task = make_task(cfg)
+    problems = heldout_problems(task, cfg.eval_problems, cfg.seed)
+    heldout_keys = {p.key for p in problems}
+
+    def summary(status: str) -> dict:
+        evals = {}
+        for when in ("before", "after"):
+            p = run_dir / "eval" / f"{when}.json"
+            if p.exists():
+                evals[when] = json.loads(p.read_text())["summary"]
+        rows = read_metrics(run_dir)
+        ckpts = _rl_checkpoints(run_dir)
+        out = {"status": status, "task": cfg.task, "seed": cfg.seed, "eval": evals, "steps": len(rows),
+               "wall_seconds": prior + time.time() - started, "pretrain": pretrain_info,
+               "final_checkpoint": str(ckpts[-1].relative_to(run_dir)) if ckpts else None}
+        (run_dir / "summary.json").write_text(json.dumps(out, indent=1))
+        write_report(run_dir, cfg, {"status": status, "wall_seconds": out["wall_seconds"]})
+        return out
+
+    pretrain_info = None
+    base, pretrain_info = _stage_base(cfg, run_dir, tokenizer, task, heldout_keys)
+    _stage_eval(cfg, run_dir, base, tokenizer, task, problems, "before")
+    try:
+        policy = _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys)
+    except (Interrupted, KeyboardInterrupt):
+        summary(f"interrupted during RL; resume with `r1 run --resume {run_dir}`")
+        raise
+    _stage_eval(cfg, run_dir, policy, tokenizer, task, problems, "after")
+    out = summary("finished")
+    console.print(f"[bold green]done[/] in {out['wall_seconds']:.0f} s: report {run_dir / 'report.md'}")
+    return out

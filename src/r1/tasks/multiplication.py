@@ -1,0 +1,87 @@
+"""Multi-digit multiplication (as TinyZero ships it): ``a*b``, the product in ``<answer>``.
+
+The base corpus mixes two styles (the latent reasoning that RL can elicit):
+
+* long, written out by partial products (one per digit of ``b``) and their sum::
+
+      <think>
+      47*8=376
+      47*30=1410
+      376+1410=1786
+      </think>
+      <answer>1786</answer>
+
+* direct, an empty thought and the answer guessed at once::
+
+      <think>
+      </think>
+      <answer>1786</answer>
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from r1.rewards.format import extract_answer, thinking
+
+_INT = re.compile(r"-?\d+")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: the question shown to the policy and the gold answer."""
+
+    question: str  # e.g. "47*38"
+    answer: str  # e.g. "1786"
+    key: tuple  # identity used to keep held-out problems out of training
+
+
+def multiplication_verifier(completion: str, answer: str) -> float:
+    """1.0 if the ``<answer>`` block (after ``</think>``) is exactly the integer ``answer``, else 0.0.
+
+    The block must be an integer written with digits only (optional leading ``-``,
+    surrounding whitespace ignored); ``1,786``, ``1786.0`` or an expression score 0.
+    """
+    got = extract_answer(completion)
+    if got is None or not _INT.fullmatch(got):
+        return 0.0
+    return 1.0 if int(got) == int(answer) else 0.0
+
+
+class MultiplicationTask:
+    """Products of a ``d1``-digit and a ``d2``-digit number."""
+
+    name = "multiplication"
+
+    def __init__(self, d1: int = 2, d2: int = 2):
+        self.d1, self.d2 = d1, d2
+
+    def sample(self, rng: random.Random) -> Problem:
+        a = rng.randint(10 ** (self.d1 - 1), 10 ** self.d1 - 1)
+        b = rng.randint(10 ** (self.d2 - 1), 10 ** self.d2 - 1)
+        return Problem(f"{a}*{b}", str(a * b), (a, b))
+
+    def verify(self, completion: str, answer: str) -> float:
+        return multiplication_verifier(completion, answer)
+
+    def trace(self, problem: Problem, long: bool, rng: random.Random) -> str:
+        """The base-corpus completion for ``problem``: step by step if ``long``, else direct."""
+        if not long:
+            return f"<think>\n</think>\n<answer>{problem.answer}</answer>"
+        a, b = problem.key
+        lines, partials = [], []
+        for i, digit in enumerate(reversed(str(b))):
+            part = int(digit) * 10**i
+            if part == 0:
+                continue
+            lines.append(f"{a}*{part}={a * part}")
+            partials.append(a * part)
+        if len(partials) > 1:
+            lines.append("+".join(map(str, partials)) + f"={sum(partials)}")
+        return "<think>\n" + "\n".join(lines) + "\n</think>\n" + f"<answer>{a * b}</answer>"
+
+    def reasons(self, completion: str) -> bool:
+        """True if the thinking holds at least one worked step (``x*y=z``)."""
+        return "=" in thinking(completion)

@@ -1,0 +1,75 @@
+"""One GRPO step on a tiny policy moves probability toward the higher-reward completion."""
+
+import torch
+
+from r1.config import RunConfig
+from r1.models.policy import build_policy
+from r1.models.tokenizer import build_tokenizer, prompt_text
+from r1.rl.grpo import group_advantages
+from r1.rl.logprobs import token_logprobs
+from r1.rl.trainer import policy_update
+from r1.rollout.engine import RolloutBatch, completion_mask, generate_rollouts
+
+
+def make_batch(tok, prompt, completions):
+    enc = tok([prompt] * len(completions), return_tensors="pt", add_special_tokens=False)
+    ids = [tok(c, add_special_tokens=False).input_ids + [tok.eos_token_id] for c in completions]
+    width = max(map(len, ids))
+    comp = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x in ids])
+    mask, truncated = completion_mask(comp, tok.eos_token_id)
+    return RolloutBatch(enc.input_ids, enc.attention_mask, comp, mask, truncated, completions)
+
+
+def seq_logp(model, batch):
+    with torch.no_grad():
+        logp, _ = token_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                 batch.completion_mask)
+    return (logp * batch.completion_mask).sum(-1)
+
+
+def test_one_step_raises_logp_of_better_completion():
+    cfg = RunConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64,
+                    lr=1e-2, beta=0.04)
+    tok = build_tokenizer()
+    policy = build_policy(cfg, tok, seed=0)
+    reference = build_policy(cfg, tok, seed=0).requires_grad_(False)
+    prompt = prompt_text(tok, "12*34")
+    good = "<think>\n12*4=48\n12*30=360\n48+360=408\n</think>\n<answer>408</answer>"
+    bad = "<think>\n</think>\n<answer>480</answer>"
+    batch = make_batch(tok, prompt, [good, bad])
+    advantages = group_advantages(torch.tensor([2.0, 1.0]), group_size=2)  # [+0.707, -0.707]
+    before = seq_logp(policy, batch)
+    params = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    stats = policy_update(policy, reference, torch.optim.AdamW(policy.parameters(), lr=cfg.lr), batch,
+                          advantages, cfg)
+    after = seq_logp(policy, batch)
+    assert after[0] > before[0] + 0.1, (before, after)
+    assert after[1] < before[1] - 0.1, (before, after)
+    assert stats["ratio_max_dev"] == 0.0 and stats["kl"] == 0.0  # policy == reference before the step
+    unchanged = [n for n, p in policy.named_parameters() if torch.equal(p, params[n])]
+    assert unchanged == []
+
+
+def test_sampler_masks_after_eos_and_flags_truncation():
+    cfg = RunConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    tok = build_tokenizer()
+    model = build_policy(cfg, tok, seed=0)
+    torch.manual_seed(0)
+    batch = generate_rollouts(model, tok, [prompt_text(tok, "1*2"), prompt_text(tok, "12*3")], 4, 20)
+    assert batch.completion_ids.shape[0] == 8 and len(batch.texts) == 8
+    for row, mask, trunc in zip(batch.completion_ids, batch.completion_mask, batch.truncated):
+        n = int(mask.sum())
+        eos_at = (row == tok.eos_token_id).nonzero()
+        if trunc:
+            assert len(eos_at) == 0 and n == row.shape[0]
+        else:
+            assert eos_at[0].item() == n - 1  # mask covers up to and including the first EOS
+            assert (row[n:] == tok.pad_token_id).all()
+
+
+def test_completion_mask_hand_worked():
+    eos = 1
+    ids = torch.tensor([[5, 6, 1, 7, 1], [5, 5, 5, 5, 5], [1, 5, 5, 5, 5]])
+    mask, truncated = completion_mask(ids, eos)
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert truncated.tolist() == [False, True, False]

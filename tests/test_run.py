@@ -1,0 +1,96 @@
+"""The main job end to end on a micro recipe, its run directory, resume, and bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from r1.cli import main
+
+MICRO = ["hidden_size=32", "num_layers=1", "num_heads=2", "num_kv_heads=1", "intermediate_size=64",
+         "pretrain_steps=3", "pretrain_batch_size=8", "pretrain_warmup_steps=1", "rl_steps=3", "prompts_per_step=2",
+         "group_size=2", "max_new_tokens=12", "eval_problems=4", "eval_k=2", "samples_every=1", "save_every=2",
+         "log_every=1"]
+
+METRIC_KEYS = {"reward/mean", "reward/accuracy", "reward/format", "rollout/len_mean", "rollout/truncated_frac",
+               "train/kl", "train/clipfrac", "train/entropy", "time/generate_s", "time/reward_s", "time/update_s"}
+
+
+def test_micro_run_writes_every_file_and_reloads(tmp_path):
+    assert main(["run", *MICRO, f"runs_dir={tmp_path}", "name=micro"]) == 0
+    run = tmp_path / "micro"
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["rl_steps"] == 3 and cfg["hidden_size"] == 32 and cfg["task"] == "multiplication"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(METRIC_KEYS <= set(r) for r in rows)
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-000001.jsonl", "step-000002.jsonl",
+                                                                     "step-000003.jsonl"]
+    sample = json.loads((run / "samples" / "step-000001.jsonl").read_text().splitlines()[0])
+    assert {"prompt", "completion", "reward", "accuracy", "format", "answer"} <= set(sample)
+    summary = json.loads((run / "summary.json").read_text())
+    for when in ("before", "after"):
+        assert 0.0 <= summary["eval"][when]["pass@1"] <= 1.0
+        assert summary["eval"][when]["len_mean"] > 0
+    assert summary["steps"] == 3 and summary["wall_seconds"] > 0 and summary["status"] == "finished"
+    report = (run / "report.md").read_text()
+    assert "| base (before RL) |" in report and "| after GRPO |" in report
+    assert (run / "plots" / "reward.png").stat().st_size > 1000 and (run / "plots" / "length.png").stat().st_size > 1000
+    assert (run / "eval" / "before.json").exists() and (run / "eval" / "after.json").exists()
+
+    # The final checkpoint loads with plain transformers, and the tokenizer round-trips exactly.
+    ckpt = run / summary["final_checkpoint"]
+    assert ckpt.name == "step-000003" and (ckpt / "model.safetensors").exists()
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    text = tok.apply_chat_template([{"role": "user", "content": "12*34"}], tokenize=False, add_generation_prompt=True)
+    assert text == "User: 12*34\nAssistant: "
+    full = text + "<think>\n12*4=48\n</think>\n<answer>408</answer>"
+    ids = tok(full, add_special_tokens=False).input_ids
+    assert tok.decode(ids) == full
+    assert len(ids) == len("User: 12*34\nAssistant: ") + 4 + len("\n12*4=48\n") + len("\n") + len("408")
+    assert model(input_ids=__import__("torch").tensor([ids])).logits.shape == (1, len(ids), len(tok))
+
+
+def test_resume_continues_from_checkpoint(tmp_path):
+    # Run 2 of 3 steps, then resume to 3: same metrics as an uninterrupted run (per-step seeds).
+    args = [*MICRO, f"runs_dir={tmp_path}"]
+    assert main(["run", *args, "name=full"]) == 0
+    assert main(["run", *args, "name=part", "rl_steps=2"]) == 0
+    part = tmp_path / "part"
+    cfg = yaml.safe_load((part / "config.yaml").read_text())
+    cfg["rl_steps"] = 3
+    (part / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (part / "eval" / "after.json").unlink()
+    assert main(["run", "--resume", str(part)]) == 0
+    full = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]
+    drop = lambda r: {k: v for k, v in r.items() if not k.startswith("time/")}  # noqa: E731
+    assert [drop(r) for r in resumed] == [drop(r) for r in full]
+
+
+@pytest.mark.parametrize("arg, needle", [
+    ("group_size=1", "group_size=1: expected >= 2"),
+    ("bogus_key=3", "unknown config key 'bogus_key'"),
+    ("lr=fast", "lr='fast': expected float"),
+    ("task=chess", "task='chess'"),
+    ("digits=[2]", "digits=[2]"),
+])
+def test_bad_input_is_one_line_exit_2(arg, needle, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "r1.cli", "run", arg, f"runs_dir={tmp_path}"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert needle in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing was created
+
+
+def test_missing_recipe_and_bad_resume(tmp_path, capsys):
+    assert main(["run", "nope.yaml"]) == 2
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "recipe 'nope.yaml' not found" in err and "expected a run directory" in err
