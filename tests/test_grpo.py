@@ -50,18 +50,18 @@ def test_ratio_clipping_hand_worked():
 def reference_loss(logp, old, ref, adv, mask, eps, beta):
     """Plain float64 loops over completions and tokens (R1 Eq. 1-2, DeepSeekMath Eq. 3)."""
     total = 0.0
-    for i in range(logp.shape[0]):
+    for i in range(len(logp)):
         acc, n = 0.0, 0
-        for t in range(logp.shape[1]):
-            if mask[i, t] == 0:
+        for t in range(len(logp[i])):
+            if mask[i][t] == 0:
                 continue
-            ratio = math.exp(logp[i, t] - old[i, t])
+            ratio = math.exp(logp[i][t] - old[i][t])
             surrogate = min(ratio * adv[i], min(max(ratio, 1 - eps), 1 + eps) * adv[i])
-            kl = math.exp(ref[i, t] - logp[i, t]) - (ref[i, t] - logp[i, t]) - 1
+            kl = math.exp(ref[i][t] - logp[i][t]) - (ref[i][t] - logp[i][t]) - 1
             acc += -surrogate + beta * kl
             n += 1
         total += acc / max(n, 1)
-    return total / logp.shape[0]
+    return total / len(logp)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

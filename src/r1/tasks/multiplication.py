@@ -2,12 +2,15 @@
 
 The base corpus mixes two styles (the latent reasoning that RL can elicit):
 
-* long, written out by partial products (one per digit of ``b``) and their sum::
+* long, written out by partial products (one per digit of ``b``), then summed one
+  place value at a time::
 
       <think>
       47*8=376
       47*30=1410
-      376+1410=1786
+      1410+300=1710
+      1710+70=1780
+      1780+6=1786
       </think>
       <answer>1786</answer>
 
@@ -67,19 +70,29 @@ class MultiplicationTask:
         return multiplication_verifier(completion, answer)
 
     def trace(self, problem: Problem, long: bool, rng: random.Random) -> str:
-        """The base-corpus completion for ``problem``: step by step if ``long``, else direct."""
+        """The base-corpus completion for ``problem``: step by step if ``long``, else direct.
+
+        The long style multiplies by one digit of ``b`` per line, then adds the
+        partial products one place value at a time (``4950+400=5350``): every line
+        is a small fact or a one-digit addition with at most one carry, which a
+        1M-parameter model can learn in general rather than memorise per problem.
+        """
         if not long:
             return f"<think>\n</think>\n<answer>{problem.answer}</answer>"
         a, b = problem.key
         lines, partials = [], []
         for i, digit in enumerate(reversed(str(b))):
             part = int(digit) * 10**i
-            if part == 0:
-                continue
-            lines.append(f"{a}*{part}={a * part}")
-            partials.append(a * part)
-        if len(partials) > 1:
-            lines.append("+".join(map(str, partials)) + f"={sum(partials)}")
+            if part:
+                lines.append(f"{a}*{part}={a * part}")
+                partials.append(a * part)
+        total = partials[-1]  # start from the largest partial product
+        for part in reversed(partials[:-1]):
+            for i, digit in enumerate(str(part)):
+                step = int(digit) * 10 ** (len(str(part)) - 1 - i)
+                if step:
+                    lines.append(f"{total}+{step}={total + step}")
+                    total += step
         return "<think>\n" + "\n".join(lines) + "\n</think>\n" + f"<answer>{a * b}</answer>"
 
     def reasons(self, completion: str) -> bool:
