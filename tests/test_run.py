@@ -94,3 +94,34 @@ def test_missing_recipe_and_bad_resume(tmp_path, capsys):
     assert main(["run", "--resume", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "recipe 'nope.yaml' not found" in err and "expected a run directory" in err
+
+
+def test_ctrl_c_during_rl_keeps_checkpoint_and_report_then_resumes(tmp_path):
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "r1.cli", "run", *MICRO, f"runs_dir={tmp_path}", "name=int", "rl_steps=100000",
+           "save_every=100000", "samples_every=100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "int" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "r1 run --resume" in err and "Traceback" not in err
+    run = tmp_path / "int"
+    steps = len(metrics.read_text().splitlines())
+    ckpt = run / "checkpoints" / f"step-{steps:06d}"
+    assert (ckpt / "model.safetensors").exists() and (ckpt / "trainer_state.pt").exists()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"].startswith("interrupted") and summary["steps"] == steps
+    assert "interrupted" in (run / "report.md").read_text()
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["rl_steps"] = steps + 1
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", "--resume", str(run)]) == 0
+    assert [json.loads(x)["step"] for x in metrics.read_text().splitlines()] == list(range(1, steps + 2))
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"

@@ -38,14 +38,14 @@ class RunConfig:
     task: str = "multiplication"  # "multiplication" or "countdown"
     digits: list = field(default_factory=lambda: [2, 2])  # multiplication: digits of each factor
     countdown_nums: int = 3  # countdown: how many numbers per puzzle
-    countdown_max_num: int = 20  # countdown: numbers are drawn from 1..max
+    countdown_max_num: int = 100  # countdown: numbers are drawn from 1..max (TinyZero: 100)
     countdown_max_target: int = 100  # countdown: target is in 1..max
-    countdown_cd3_test: str = ""  # optional extra eval file (../shared/data/countdown/cd3_test.jsonl)
+    countdown_test_file: str = ""  # optional jsonl of Countdown problems also evaluated (those that fit), e.g. cd3_test
     long_frac: float = 0.3  # share of base-corpus traces that reason step by step (the rest answer directly)
 
     # --- policy (a Llama-class decoder built from a config, random init) ---
     model_type: str = "llama"  # decoder class; "llama" (see models/policy.py for why not qwen2)
-    hidden_size: int = 128  # width; ~1M params with 4 layers at 128
+    hidden_size: int = 128  # width; 0.8M parameters with 4 layers at 128
     num_layers: int = 4  # decoder layers
     num_heads: int = 4  # attention heads
     num_kv_heads: int = 2  # key/value heads (grouped-query attention)
@@ -53,20 +53,20 @@ class RunConfig:
     max_position: int = 256  # max tokens per sequence (prompt + completion)
 
     # --- base model: short pretraining on a generated corpus (stands in for R1-Zero's base) ---
-    pretrain_steps: int = 1000  # optimizer steps (fixed, not timed, so a seed gives the same base)
+    pretrain_steps: int = 1800  # optimizer steps (fixed, not timed, so a seed gives the same base)
     pretrain_batch_size: int = 64  # sequences per pretraining step
     pretrain_lr: float = 2e-3  # AdamW peak learning rate: linear warm-up, cosine decay to 10%
     pretrain_warmup_steps: int = 50  # linear warm-up steps
 
     # --- GRPO (DeepSeek-R1 arXiv 2501.12948 §2.2 Eq. 1-3; DeepSeekMath arXiv 2402.03300 Eq. 3) ---
-    rl_steps: int = 100  # GRPO steps (one rollout batch and num_iterations updates each)
+    rl_steps: int = 150  # GRPO steps (one rollout batch and num_iterations updates each)
     prompts_per_step: int = 16  # B: prompts per RL step
     group_size: int = 8  # G: completions sampled per prompt (R1 uses 16)
-    max_new_tokens: int = 96  # completion length limit, tokens
+    max_new_tokens: int = 128  # completion length limit, tokens
     temperature: float = 1.0  # rollout sampling temperature (R1-Zero: 1.0)
-    lr: float = 2e-4  # policy AdamW learning rate
-    beta: float = 0.02  # KL coefficient, k3 estimator (R1 uses 0.001 at its scale)
-    clip_eps: float = 0.2  # clip range epsilon (R1 Eq. 1: 10 at its scale; PPO/GRPO default 0.2)
+    lr: float = 2e-4  # policy AdamW learning rate (R1 reports 3e-6 at 671B parameters)
+    beta: float = 0.02  # KL coefficient, k3 estimator (R1 reports 0.001 at 671B parameters)
+    clip_eps: float = 0.2  # clip range epsilon (PPO and DeepSeekMath's GRPO: 0.2)
     num_iterations: int = 1  # mu: policy updates per rollout batch (R1-Zero: 1, strictly on-policy)
     max_grad_norm: float = 1.0  # gradient clipping
     adv_eps: float = 1e-4  # epsilon in (r - mean) / (std + eps)
@@ -117,6 +117,11 @@ class RunConfig:
         for key in ("pretrain_steps", "rl_steps", "pretrain_warmup_steps", "threads"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected >= 0")
+        if self.countdown_test_file and not Path(self.countdown_test_file).is_file():
+            raise ConfigError(f"countdown_test_file={self.countdown_test_file!r}: file not found (expected a jsonl "
+                              "with nums/target or input/output fields)")
+        if self.countdown_test_file and self.task != "countdown":
+            raise ConfigError(f"countdown_test_file is set but task={self.task!r}: expected task=countdown")
         if not self.name or "/" in self.name:
             raise ConfigError(f"name={self.name!r}: expected a non-empty folder name without '/'")
 

@@ -50,6 +50,31 @@ def corpus_batch(task, tokenizer, rng: random.Random, heldout: set, batch_size: 
     return ids, att, lab
 
 
+def bucketed_loss_backward(model, ids, att, lab, buckets: int = 4) -> torch.Tensor:
+    """Mean next-token loss over all target tokens of the batch, backpropagated bucket by bucket.
+
+    Rows are sorted by length and cut into ``buckets`` micro-batches, each padded
+    only to its own longest row: the gradient equals the full batch's (a sum over
+    target tokens divided by their total count) while short direct answers no
+    longer pay for the padding of long traces (~2x faster on the default corpus).
+
+    Args:
+        ids, att, lab: [N, T] right-padded input ids, attention mask, labels (-100 = ignored).
+    Returns:
+        the detached mean loss (nats per target token).
+    """
+    n_targets = (lab[:, 1:] != -100).sum().clamp(min=1)
+    total = torch.zeros(())
+    for rows in att.sum(1).argsort().chunk(buckets):
+        width = int(att[rows].sum(1).max())
+        logits = model(input_ids=ids[rows, :width], attention_mask=att[rows, :width]).logits  # [n, w, V]
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
+                                                 lab[rows, 1:width].flatten(), ignore_index=-100, reduction="sum")
+        (loss / n_targets).backward()
+        total += loss.detach()
+    return total / n_targets
+
+
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     """Linear warm-up to ``peak``, then cosine decay to 10% of it at ``total`` steps."""
     if step < warmup:
@@ -72,9 +97,8 @@ def pretrain(model, tokenizer, task, heldout: set, cfg, progress=None) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg.pretrain_steps, cfg.pretrain_warmup_steps, cfg.pretrain_lr)
         ids, att, lab = corpus_batch(task, tokenizer, rng, heldout, cfg.pretrain_batch_size, cfg.long_frac)
-        loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = bucketed_loss_backward(model, ids, att, lab)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         losses.append(loss.item())

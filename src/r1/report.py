@@ -66,7 +66,7 @@ def _examples(evaluation: dict, n: int = 3) -> str:
     for rec in evaluation["problems"][:n]:
         s = rec["samples"][0]
         verdict = "correct" if s["correct"] else "wrong"
-        out.append(f"**{rec['question']}** (gold {rec['answer']}; {verdict}, {s['length']} tokens)\n\n"
+        out.append(f"**{rec['question']}** (gold {rec['answer']}; {verdict}, {int(s['length'])} tokens)\n\n"
                    f"```\n{s['completion']}\n```\n")
     return "\n".join(out)
 
@@ -74,11 +74,9 @@ def _examples(evaluation: dict, n: int = 3) -> str:
 def write_report(run_dir: Path, cfg, extra: dict | None = None) -> Path:
     """Write ``report.md`` (and the plots) for ``run_dir`` with whatever stages have finished."""
     rows = read_metrics(run_dir)
-    evals = {}
-    for when in ("before", "after"):
-        path = run_dir / "eval" / f"{when}.json"
-        if path.exists():
-            evals[when] = json.loads(path.read_text())
+    evals = {}  # "before", "after", "before-<file stem>", ...
+    for path in sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").exists() else []:
+        evals[path.stem] = json.loads(path.read_text())
     extra = extra or {}
     lines = [f"# Run `{run_dir.name}`: R1-Zero on {cfg.task}, from scratch", ""]
     lines += [
@@ -92,15 +90,19 @@ def write_report(run_dir: Path, cfg, extra: dict | None = None) -> Path:
               "",
               f"{cfg.eval_problems} held-out problems, {cfg.eval_k} samples each at T = {cfg.eval_temperature}, "
               f"top-p {cfg.eval_top_p} (the R1 protocol). Lengths in tokens.", "",
-              "| model | pass@1 | mean length | length when correct | reasons step by step | format ok | truncated |",
-              "|---|---|---|---|---|---|---|"]
-    for when, label in (("before", "base (before RL)"), ("after", "after GRPO")):
-        if when in evals:
-            s = evals[when]["summary"]
-            lines.append(f"| {label} | {_fmt(s['pass@1'], True)} | {_fmt(s['len_mean'])} | {_fmt(s['len_correct'])} | "
-                         f"{_fmt(s['reasoning_frac'], True)} | {_fmt(s['format'], True)} | "
-                         f"{_fmt(s['truncated_frac'], True)} |")
-    lines.append("")
+              "| problems | model | pass@1 | mean length | reasons step by step | pass@1 when reasoning "
+              "| pass@1 when direct | format ok | truncated |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name in sorted(evals, key=lambda n: (n.partition("-")[2], n.startswith("after"))):
+        when, _, label = name.partition("-")
+        s = evals[name]["summary"]
+        model = "base (before RL)" if when == "before" else "after GRPO"
+        lines.append(f"| {label or 'held-out (generated)'} ({s['problems']}) | {model} | {_fmt(s['pass@1'], True)} | "
+                     f"{_fmt(s['len_mean'])} | {_fmt(s['reasoning_frac'], True)} | "
+                     f"{_fmt(s.get('acc_reasoning'), True)} | {_fmt(s.get('acc_direct'), True)} | "
+                     f"{_fmt(s['format'], True)} | {_fmt(s['truncated_frac'], True)} |")
+    lines += ["", "pass@1 when reasoning / direct: the share of correct completions among those whose thinking holds "
+              "worked steps / among those that answer directly.", ""]
     if rows:
         plots = plot_curves(rows, run_dir / "plots")
         first, last = rows[0], rows[-1]

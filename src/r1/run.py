@@ -20,6 +20,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from transformers.utils import logging as hf_logging
+
 from r1.config import RunConfig, save_config
 from r1.eval.protocol import evaluate, heldout_problems
 from r1.models.policy import build_policy, count_parameters
@@ -30,6 +32,7 @@ from r1.rl.trainer import append_jsonl, rl_step, save_checkpoint
 from r1.tasks import make_task
 
 console = Console()
+hf_logging.disable_progress_bar()  # our own bars only; no "Writing model shards" per checkpoint
 
 
 class Interrupted(Exception):
@@ -74,23 +77,36 @@ def _stage_base(cfg, run_dir, tokenizer, task, heldout_keys):
     return model, info
 
 
-def _stage_eval(cfg, run_dir, model, tokenizer, task, problems, when):
-    path = run_dir / "eval" / f"{when}.json"
+def _stage_eval(cfg, run_dir, model, tokenizer, task, problems, when, label=""):
+    """Evaluate ``model`` on ``problems`` into eval/<when><label>.json (skipped if it exists)."""
+    path = run_dir / "eval" / f"{when}{label}.json"
     if path.exists():
         return json.loads(path.read_text())["summary"]
     path.parent.mkdir(exist_ok=True)
     total = len(problems) * cfg.eval_k
     start = time.time()
     with _progress() as bar:
-        t = bar.add_task(f"eval {when} RL", total=total, rate="", info="")
+        t = bar.add_task(f"eval {when} RL{label}", total=total, rate="", info="")
         result = evaluate(model, tokenizer, task, problems, cfg,
                           lambda n: bar.update(t, completed=n, rate=f"{n / max(1e-9, time.time() - start):.0f} samples/s"))
     result["summary"]["seconds"] = time.time() - start
     path.write_text(json.dumps(result, indent=1))
     s = result["summary"]
-    console.print(f"eval {when} RL: pass@1 {100 * s['pass@1']:.1f}%, mean length {s['len_mean']:.1f} tokens, "
+    console.print(f"eval {when} RL{label}: pass@1 {100 * s['pass@1']:.1f}%, mean length {s['len_mean']:.1f} tokens, "
                   f"reasoning {100 * s['reasoning_frac']:.0f}%, format {100 * s['format']:.0f}%")
     return s
+
+
+def _eval_sets(cfg, task) -> dict:
+    """Held-out problem sets by label: "" (generated, fixed seed) and, for Countdown, the test file's stem."""
+    sets = {"": heldout_problems(task, cfg.eval_problems, cfg.seed)}
+    if cfg.countdown_test_file:
+        fitting = task.load_file(cfg.countdown_test_file)
+        if fitting:
+            sets["-" + Path(cfg.countdown_test_file).stem] = fitting
+        else:
+            console.print(f"[yellow]{cfg.countdown_test_file}: no problem fits this recipe's numbers; not evaluated[/]")
+    return sets
 
 
 def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys):
@@ -176,15 +192,16 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
                   f"tokens each; {cfg.rl_steps} steps; eval {cfg.eval_problems} problems x k={cfg.eval_k}")
     tokenizer = build_tokenizer()
     task = make_task(cfg)
-    problems = heldout_problems(task, cfg.eval_problems, cfg.seed)
-    heldout_keys = {p.key for p in problems}
+    eval_sets = _eval_sets(cfg, task)
+    heldout_keys = {p.key for problems in eval_sets.values() for p in problems}  # never trained on
 
     def summary(status: str) -> dict:
         evals = {}
-        for when in ("before", "after"):
-            p = run_dir / "eval" / f"{when}.json"
-            if p.exists():
-                evals[when] = json.loads(p.read_text())["summary"]
+        for label in eval_sets:
+            for when in ("before", "after"):
+                p = run_dir / "eval" / f"{when}{label}.json"
+                if p.exists():
+                    evals[when + label.replace("-", "_")] = json.loads(p.read_text())["summary"]
         rows = read_metrics(run_dir)
         ckpts = _rl_checkpoints(run_dir)
         out = {"status": status, "task": cfg.task, "seed": cfg.seed, "eval": evals, "steps": len(rows),
@@ -196,13 +213,15 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
 
     pretrain_info = None
     base, pretrain_info = _stage_base(cfg, run_dir, tokenizer, task, heldout_keys)
-    _stage_eval(cfg, run_dir, base, tokenizer, task, problems, "before")
+    for label, problems in eval_sets.items():
+        _stage_eval(cfg, run_dir, base, tokenizer, task, problems, "before", label)
     try:
         policy = _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys)
     except (Interrupted, KeyboardInterrupt):
         summary(f"interrupted during RL; resume with `r1 run --resume {run_dir}`")
         raise
-    _stage_eval(cfg, run_dir, policy, tokenizer, task, problems, "after")
+    for label, problems in eval_sets.items():
+        _stage_eval(cfg, run_dir, policy, tokenizer, task, problems, "after", label)
     out = summary("finished")
     console.print(f"[bold green]done[/] in {out['wall_seconds']:.0f} s: report {run_dir / 'report.md'}")
     return out

@@ -63,11 +63,14 @@ def evaluate(model, tokenizer, task, problems: list, cfg, progress=None) -> dict
              "truncated": truncated[i * k + j]} for j in range(k)]})
     lens = torch.tensor(lengths, dtype=torch.float)
     ok = scores.accuracy > 0
+    reasons = scores.reasons > 0
     summary = {
         "pass@1": correct.mean().item(),
         "len_mean": lens.mean().item(),
         "len_correct": lens[ok].mean().item() if ok.any() else None,
         "reasoning_frac": scores.reasons.mean().item(),
+        "acc_reasoning": scores.accuracy[reasons].mean().item() if reasons.any() else None,
+        "acc_direct": scores.accuracy[~reasons].mean().item() if (~reasons).any() else None,
         "format": scores.format.mean().item(),
         "truncated_frac": sum(truncated) / len(truncated),
         "problems": len(problems),

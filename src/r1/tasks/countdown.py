@@ -20,6 +20,7 @@ The direct style answers with an empty thought.
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 import json
 import random
@@ -104,6 +105,18 @@ def _chain(nums: list[int], ops: list[str], flips: list[bool]):
     return steps, value, expr
 
 
+@functools.lru_cache(maxsize=4096)
+def _all_chains(nums: tuple) -> list[tuple]:
+    out = []
+    for order in itertools.permutations(nums):
+        for ops in itertools.product("+-*/", repeat=len(nums) - 1):
+            for flips in itertools.product((False, True), repeat=len(nums) - 1):
+                found = _chain(list(order), list(ops), list(flips))
+                if found:
+                    out.append(found)
+    return out
+
+
 class CountdownTask:
     """Countdown with ``n`` numbers in ``1..max_num`` and a target in ``1..max_target``."""
 
@@ -114,14 +127,7 @@ class CountdownTask:
 
     def _chains(self, nums: list[int]) -> list[tuple]:
         """Every left-to-right chain over ``nums`` with integer, non-negative steps."""
-        out = []
-        for order in itertools.permutations(nums):
-            for ops in itertools.product("+-*/", repeat=len(nums) - 1):
-                for flips in itertools.product((False, True), repeat=len(nums) - 1):
-                    found = _chain(list(order), list(ops), list(flips))
-                    if found:
-                        out.append(found)
-        return out
+        return _all_chains(tuple(nums))
 
     def sample(self, rng: random.Random) -> Problem:
         while True:

@@ -6,8 +6,8 @@ The base corpus mixes two styles (the latent reasoning that RL can elicit):
   place value at a time::
 
       <think>
-      47*8=376
-      47*30=1410
+      47*8=320+56=376
+      47*30=1200+210=1410
       1410+300=1710
       1710+70=1780
       1780+6=1786
@@ -64,7 +64,8 @@ class MultiplicationTask:
     def sample(self, rng: random.Random) -> Problem:
         a = rng.randint(10 ** (self.d1 - 1), 10 ** self.d1 - 1)
         b = rng.randint(10 ** (self.d2 - 1), 10 ** self.d2 - 1)
-        return Problem(f"{a}*{b}", str(a * b), (a, b))
+        # The key ignores the order of the factors: a held-out 47*38 keeps 38*47 out of training too.
+        return Problem(f"{a}*{b}", str(a * b), (min(a, b), max(a, b)))
 
     def verify(self, completion: str, answer: str) -> float:
         return multiplication_verifier(completion, answer)
@@ -72,19 +73,24 @@ class MultiplicationTask:
     def trace(self, problem: Problem, long: bool, rng: random.Random) -> str:
         """The base-corpus completion for ``problem``: step by step if ``long``, else direct.
 
-        The long style multiplies by one digit of ``b`` per line, then adds the
-        partial products one place value at a time (``4950+400=5350``): every line
-        is a small fact or a one-digit addition with at most one carry, which a
+        The long style multiplies by one digit of ``b`` per line, split by the
+        digits of ``a`` (``47*8=320+56=376``), then adds the partial products one
+        place value at a time (``1410+300=1710``): every step is a one-digit
+        product or a one-digit addition with at most one carry, which a
         1M-parameter model can learn in general rather than memorise per problem.
         """
         if not long:
             return f"<think>\n</think>\n<answer>{problem.answer}</answer>"
-        a, b = problem.key
+        a, b = map(int, problem.question.split("*"))
         lines, partials = [], []
         for i, digit in enumerate(reversed(str(b))):
             part = int(digit) * 10**i
             if part:
-                lines.append(f"{a}*{part}={a * part}")
+                # a*part split by the digits of a: one single-digit product per term
+                terms = [int(x) * 10 ** (len(str(a)) - 1 - j) * part for j, x in enumerate(str(a))]
+                terms = [t for t in terms if t]
+                split = "+".join(map(str, terms)) + "=" if len(terms) > 1 else ""
+                lines.append(f"{a}*{part}={split}{a * part}")
                 partials.append(a * part)
         total = partials[-1]  # start from the largest partial product
         for part in reversed(partials[:-1]):
