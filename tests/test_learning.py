@@ -67,6 +67,23 @@ def test_sampler_masks_after_eos_and_flags_truncation():
             assert (row[n:] == tok.pad_token_id).all()
 
 
+def test_sampler_logprobs_match_the_trainer_forward():
+    # Left-padded prompts of different lengths, T = 0.7: the trainer's forward (position ids from the mask)
+    # must give the sampler's log-probabilities, so that on-policy the importance ratio is 1.
+    cfg = RunConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    tok = build_tokenizer()
+    model = build_policy(cfg, tok, seed=1)
+    torch.manual_seed(0)
+    prompts = [prompt_text(tok, "1 2 3 -> 6"), prompt_text(tok, "12 34 56 78 -> 100")]
+    batch = generate_rollouts(model, tok, prompts, 3, 16, temperature=0.7)
+    assert batch.prompt_mask[0].sum() < batch.prompt_mask[-1].sum()  # the first prompt is left-padded
+    logp, _ = token_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                             batch.completion_mask, temperature=0.7)
+    diff = ((logp - batch.sampler_logp) * batch.completion_mask).abs().max().item()
+    assert diff < 1e-4
+    assert (batch.sampler_logp * batch.completion_mask).sum() < 0  # real log-probabilities, not zeros
+
+
 def test_completion_mask_hand_worked():
     eos = 1
     ids = torch.tensor([[5, 6, 1, 7, 1], [5, 5, 5, 5, 5], [1, 5, 5, 5, 5]])

@@ -57,8 +57,8 @@ def cmd_run(args) -> int:
     try:
         run(cfg, run_dir)
     except (Interrupted, KeyboardInterrupt):
-        print(f"r1: interrupted; checkpoint and report kept in {run_dir}; continue with: "
-              f"r1 run --resume {run_dir}", file=sys.stderr)
+        print(f"r1: interrupted; finished stages (and, during RL, a checkpoint and the report) kept in {run_dir}; "
+              f"continue with: r1 run --resume {run_dir}", file=sys.stderr)
         return 130
     return 0
 

@@ -12,6 +12,8 @@ expected; the CLI prints it and exits with code 2.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,10 +96,21 @@ class RunConfig:
             raise ConfigError(f"digits={self.digits!r}: expected two integers in 1..4, e.g. [2, 2]")
         if not 2 <= self.countdown_nums <= 4:
             raise ConfigError(f"countdown_nums={self.countdown_nums}: expected 2, 3 or 4")
-        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+        for key in ("countdown_max_num", "countdown_max_target"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)}: expected >= 1")
+        if self.task == "multiplication":
+            lo1, hi1 = 10 ** (self.digits[0] - 1), 10 ** self.digits[0] - 1
+            lo2, hi2 = 10 ** (self.digits[1] - 1), 10 ** self.digits[1] - 1
+            pairs = (hi1 - lo1 + 1) * (hi2 - lo2 + 1)  # ordered pairs; held-out keys ignore the order
+            if self.eval_problems > pairs // 4:
+                raise ConfigError(f"eval_problems={self.eval_problems}: expected at most {pairs // 4} for "
+                                  f"digits={self.digits} (held-out problems must leave most of the space for training)")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads or \
+                (self.hidden_size // max(1, self.num_heads)) % 2:
             raise ConfigError(
                 f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}: "
-                "expected hidden_size divisible by num_heads and num_heads by num_kv_heads")
+                "expected hidden_size divisible by num_heads into an even head size, and num_heads by num_kv_heads")
         for key in ("long_frac",):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected a value in [0, 1]")
@@ -117,16 +130,35 @@ class RunConfig:
         for key in ("pretrain_steps", "rl_steps", "pretrain_warmup_steps", "threads"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected >= 0")
-        if self.countdown_test_file and not Path(self.countdown_test_file).is_file():
-            raise ConfigError(f"countdown_test_file={self.countdown_test_file!r}: file not found (expected a jsonl "
-                              "with nums/target or input/output fields)")
+        if self.countdown_test_file:
+            _check_countdown_file(self.countdown_test_file)
         if self.countdown_test_file and self.task != "countdown":
             raise ConfigError(f"countdown_test_file is set but task={self.task!r}: expected task=countdown")
-        if not self.name or "/" in self.name:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name}={value}: expected a finite number")
+        if not self.name or "/" in self.name or self.name in (".", ".."):
             raise ConfigError(f"name={self.name!r}: expected a non-empty folder name without '/'")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _check_countdown_file(path: str) -> None:
+    """Raise ConfigError unless ``path`` is a jsonl of nums/target or input/output records."""
+    hint = "expected a jsonl with nums/target or input/output fields, relative to the current directory"
+    if not Path(path).is_file():
+        raise ConfigError(f"countdown_test_file={path!r}: file not found ({hint}; set countdown_test_file= to skip)")
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            nums = rec["nums"] if "nums" in rec else str(rec["input"]).split(",")
+            [int(x) for x in nums], int(rec["target"] if "nums" in rec else rec["output"])
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"countdown_test_file={path!r}, line {n}: {hint}") from None
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -140,6 +172,11 @@ def _coerce(key: str, value: Any) -> Any:
     want = _HINTS[key]
     if isinstance(value, str) and want is not str:
         value = yaml.safe_load(value) if value.strip() else value
+    if want is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if want is list and isinstance(value, tuple):

@@ -18,11 +18,16 @@ from r1.models.tokenizer import prompt_text
 
 
 def sample_train_problem(task, rng: random.Random, heldout: set):
-    """A training problem whose key is not in the held-out evaluation set."""
-    while True:
+    """A training problem whose key is not in the held-out evaluation set.
+
+    Raises:
+        RuntimeError: 10,000 draws in a row were all held out (the problem space is too small).
+    """
+    for _ in range(10_000):
         problem = task.sample(rng)
         if problem.key not in heldout:
             return problem
+    raise RuntimeError("every sampled problem is held out: lower eval_problems or enlarge the task")
 
 
 def corpus_batch(task, tokenizer, rng: random.Random, heldout: set, batch_size: int, long_frac: float):

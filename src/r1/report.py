@@ -22,7 +22,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def _smooth(values: list[float], width: int = 5) -> list[float]:
     out = []
     for i in range(len(values)):
-        window = [v for v in values[max(0, i - width + 1):i + 1] if not math.isnan(v)]
+        window = [v for v in values[max(0, i - width + 1):i + 1] if v is not None and not math.isnan(v)]
         out.append(sum(window) / len(window) if window else float("nan"))
     return out
 
@@ -97,7 +97,7 @@ def write_report(run_dir: Path, cfg, extra: dict | None = None) -> Path:
         when, _, label = name.partition("-")
         s = evals[name]["summary"]
         model = "base (before RL)" if when == "before" else "after GRPO"
-        lines.append(f"| {label or 'held-out (generated)'} ({s['problems']}) | {model} | {_fmt(s['pass@1'], True)} | "
+        lines.append(f"| {label or 'generated held-out'}, {s['problems']} | {model} | {_fmt(s['pass@1'], True)} | "
                      f"{_fmt(s['len_mean'])} | {_fmt(s['reasoning_frac'], True)} | "
                      f"{_fmt(s.get('acc_reasoning'), True)} | {_fmt(s.get('acc_direct'), True)} | "
                      f"{_fmt(s['format'], True)} | {_fmt(s['truncated_frac'], True)} |")

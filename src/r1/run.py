@@ -121,6 +121,9 @@ def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys):
         start_step = state["step"]
         rows = [r for r in read_metrics(run_dir) if r["step"] <= start_step]  # drop steps after the checkpoint
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for path in (run_dir / "samples").glob("step-*.jsonl"):
+            if int(path.stem.split("-")[1]) > start_step:
+                path.unlink()
         console.print(f"[dim]RL: resuming from {ckpts[-1].name}[/]")
     if start_step >= cfg.rl_steps:
         return policy

@@ -57,9 +57,12 @@ def policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages:
     if cfg.num_iterations > 1:  # computed once per rollout batch (GRPO Algorithm 1, DeepSeekMath)
         with torch.no_grad():
             old_logp, _ = token_logprobs(policy, *args)
-    stats = {}
-    for _ in range(cfg.num_iterations):
+    stats, sampler_dev = {}, None
+    for it in range(cfg.num_iterations):
         logp, entropy = token_logprobs(policy, *args)
+        if it == 0 and batch.sampler_logp is not None:  # trainer vs sampler: ~1e-6 unless something is off
+            dev = ((logp.detach() - batch.sampler_logp).exp() - 1).abs() * batch.completion_mask
+            sampler_dev = dev.max().item()
         loss, stats = grpo_loss(logp, logp.detach() if old_logp is None else old_logp, ref_logp, advantages,
                                 batch.completion_mask, cfg.clip_eps, cfg.beta)
         optimizer.zero_grad(set_to_none=True)
@@ -67,7 +70,7 @@ def policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages:
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
         optimizer.step()
         mask = batch.completion_mask
-        stats.update(loss=loss.item(), grad_norm=grad_norm.item(),
+        stats.update(loss=loss.item(), grad_norm=grad_norm.item(), sampler_ratio_max_dev=sampler_dev,
                      entropy=((entropy * mask).sum() / mask.sum().clamp(min=1)).item())
     return stats
 
@@ -98,8 +101,8 @@ def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: s
         "reward/accuracy": scores.accuracy.mean().item(),
         "reward/format": scores.format.mean().item(),
         "rollout/len_mean": lengths.mean().item(),
-        "rollout/len_correct": lengths[correct].mean().item() if correct.any() else float("nan"),
-        "rollout/len_incorrect": lengths[~correct].mean().item() if (~correct).any() else float("nan"),
+        "rollout/len_correct": lengths[correct].mean().item() if correct.any() else None,
+        "rollout/len_incorrect": lengths[~correct].mean().item() if (~correct).any() else None,
         "rollout/reasoning_frac": scores.reasons.mean().item(),
         "rollout/truncated_frac": batch.truncated.float().mean().item(),
         "rollout/zero_std_frac": zero_std,
@@ -109,6 +112,7 @@ def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: s
         "train/entropy": stats["entropy"],
         "train/grad_norm": stats["grad_norm"],
         "train/ratio_max_dev": stats["ratio_max_dev"],
+        "train/sampler_ratio_max_dev": stats["sampler_ratio_max_dev"],
         "time/generate_s": t1 - t0,
         "time/reward_s": t2 - t1,
         "time/update_s": t3 - t2,

@@ -22,6 +22,8 @@ class RolloutBatch:
     completion_mask: torch.Tensor  # [N, L] float, 1 on completion tokens up to and including EOS
     truncated: torch.Tensor  # [N] bool, True when no EOS was sampled within the limit
     texts: list[str]  # N decoded completions, without EOS or padding
+    sampler_logp: torch.Tensor | None = None  # [N, L] float, the sampler's log-prob of each token at its
+    # temperature (before top-p truncation); 0 on padding
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -65,17 +67,23 @@ def generate_rollouts(model, tokenizer, prompts: list[str], num_samples: int, ma
     gen_cfg = GenerationConfig(
         do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
-    chunks = []
+    chunks, chunk_logp = [], []
     for start in range(0, len(prompt_ids), batch_size):
         out = model.generate(input_ids=prompt_ids[start:start + batch_size],
-                             attention_mask=prompt_mask[start:start + batch_size], generation_config=gen_cfg)
-        chunks.append(out[:, prompt_ids.shape[1]:])
+                             attention_mask=prompt_mask[start:start + batch_size], generation_config=gen_cfg,
+                             return_dict_in_generate=True, output_logits=True)
+        ids = out.sequences[:, prompt_ids.shape[1]:]  # [n, l]
+        logits = torch.stack(out.logits, 1).float() / temperature  # [n, l, V] raw logits at the temperature
+        chunks.append(ids)
+        chunk_logp.append(torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1))
     width = max(c.shape[1] for c in chunks)
-    completion_ids = torch.cat(
-        [torch.nn.functional.pad(c, (0, width - c.shape[1]), value=tokenizer.pad_token_id) for c in chunks])
+    pad = lambda t, v: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v)  # noqa: E731
+    completion_ids = torch.cat([pad(c, tokenizer.pad_token_id) for c in chunks])
+    sampler_logp = torch.cat([pad(c, 0.0) for c in chunk_logp])
     mask, truncated = completion_mask(completion_ids, tokenizer.eos_token_id)
     completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
+    sampler_logp = sampler_logp * mask
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=False)
     texts = [t.replace(tokenizer.pad_token, "").replace(tokenizer.eos_token, "") for t in texts]
     model.train(was_training)
-    return RolloutBatch(prompt_ids, prompt_mask, completion_ids, mask, truncated, texts)
+    return RolloutBatch(prompt_ids, prompt_mask, completion_ids, mask, truncated, texts, sampler_logp)
