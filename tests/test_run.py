@@ -43,7 +43,7 @@ def test_micro_run_writes_every_file_and_reloads(tmp_path):
     assert (run / "eval" / "before.json").exists() and (run / "eval" / "after.json").exists()
 
     # The final checkpoint loads with plain transformers, and the tokenizer round-trips exactly.
-    ckpt = run / summary["final_checkpoint"]
+    ckpt = run / summary["last_checkpoint"]
     assert ckpt.name == "step-000003" and (ckpt / "model.safetensors").exists()
     model = AutoModelForCausalLM.from_pretrained(ckpt)
     tok = AutoTokenizer.from_pretrained(ckpt)

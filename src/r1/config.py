@@ -119,7 +119,10 @@ class RunConfig:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected > 0")
         if not 0 < self.eval_top_p <= 1:
             raise ConfigError(f"eval_top_p={self.eval_top_p}: expected a value in (0, 1]")
-        for key in ("beta", "clip_eps", "lr", "pretrain_lr", "format_weight", "adv_eps", "max_grad_norm"):
+        for key in ("lr", "pretrain_lr", "max_grad_norm"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}={getattr(self, key)}: expected > 0")
+        for key in ("beta", "clip_eps", "format_weight", "adv_eps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected >= 0")
         for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "max_position",

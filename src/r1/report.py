@@ -79,8 +79,10 @@ def write_report(run_dir: Path, cfg, extra: dict | None = None) -> Path:
         evals[path.stem] = json.loads(path.read_text())
     extra = extra or {}
     lines = [f"# Run `{run_dir.name}`: R1-Zero on {cfg.task}, from scratch", ""]
+    pre = extra.get("pretrain") or {}
+    how_long = f"for {pre['steps']} steps ({pre['seconds'] / 60:.1f} min)" if pre.get("seconds") else "briefly"
     lines += [
-        "The base model is a tiny Llama-class decoder pretrained for a few minutes on a generated corpus in the "
+        f"The base model is a tiny Llama-class decoder pretrained {how_long} on a generated corpus in the "
         "R1-Zero template: it stands in for R1-Zero's pretrained base. A share of that corpus "
         f"({100 * cfg.long_frac:.0f}%) reasons step by step inside `<think>`; the rest answers directly. "
         "GRPO with rule-based rewards (accuracy + format) then decides which style the policy keeps.", ""]
@@ -120,7 +122,7 @@ def write_report(run_dir: Path, cfg, extra: dict | None = None) -> Path:
                       _examples(evals[when]), ""]
     if extra.get("wall_seconds") is not None:
         lines += [f"Wall time: {extra['wall_seconds']:.0f} s. Files: `config.yaml`, `metrics.jsonl`, `samples/`, "
-                  "`checkpoints/`, `eval/`, `summary.json`.", ""]
+                  "`checkpoints/`, `eval/`, `plots/`, `summary.json`.", ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -31,7 +31,7 @@ from r1.report import read_metrics, write_report
 from r1.rl.trainer import append_jsonl, rl_step, save_checkpoint
 from r1.tasks import make_task
 
-console = Console()
+console = Console(soft_wrap=True)  # status lines stay whole in log files
 hf_logging.disable_progress_bar()  # our own bars only; no "Writing model shards" per checkpoint
 
 
@@ -209,9 +209,9 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
         ckpts = _rl_checkpoints(run_dir)
         out = {"status": status, "task": cfg.task, "seed": cfg.seed, "eval": evals, "steps": len(rows),
                "wall_seconds": prior + time.time() - started, "pretrain": pretrain_info,
-               "final_checkpoint": str(ckpts[-1].relative_to(run_dir)) if ckpts else None}
+               "last_checkpoint": str(ckpts[-1].relative_to(run_dir)) if ckpts else None}
         (run_dir / "summary.json").write_text(json.dumps(out, indent=1))
-        write_report(run_dir, cfg, {"status": status, "wall_seconds": out["wall_seconds"]})
+        write_report(run_dir, cfg, {"status": status, "wall_seconds": out["wall_seconds"], "pretrain": pretrain_info})
         return out
 
     pretrain_info = None

@@ -66,12 +66,12 @@ def generate_rollouts(model, tokenizer, prompts: list[str], num_samples: int, ma
     prompt_mask = enc.attention_mask.repeat_interleave(num_samples, 0)  # [N, P]
     gen_cfg = GenerationConfig(
         do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        return_dict_in_generate=True, output_logits=True)
     chunks, chunk_logp = [], []
     for start in range(0, len(prompt_ids), batch_size):
         out = model.generate(input_ids=prompt_ids[start:start + batch_size],
-                             attention_mask=prompt_mask[start:start + batch_size], generation_config=gen_cfg,
-                             return_dict_in_generate=True, output_logits=True)
+                             attention_mask=prompt_mask[start:start + batch_size], generation_config=gen_cfg)
         ids = out.sequences[:, prompt_ids.shape[1]:]  # [n, l]
         logits = torch.stack(out.logits, 1).float() / temperature  # [n, l, V] raw logits at the temperature
         chunks.append(ids)
