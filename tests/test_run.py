@@ -125,3 +125,16 @@ def test_ctrl_c_during_rl_keeps_checkpoint_and_report_then_resumes(tmp_path):
     assert main(["run", "--resume", str(run)]) == 0
     assert [json.loads(x)["step"] for x in metrics.read_text().splitlines()] == list(range(1, steps + 2))
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize("variant", [
+    ["adv_baseline=loo", "kl_estimator=k2"],
+    ["adv_scale=none", "loss_aggregation=seq_mean_token_sum_norm", "beta=0"],
+    ["clip_eps_high=0.28", "loss_aggregation=token_mean", "num_iterations=2", "entropy_coef=0.01"],
+    ["ratio_level=sequence", "adv_scale=batch"],
+])
+def test_loss_variants_run_end_to_end(variant, tmp_path):
+    assert main(["run", *MICRO, f"runs_dir={tmp_path}", "name=v", "rl_steps=2", *variant]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["train/loss"] == r["train/loss"] for r in rows)  # finite, not NaN
+    assert {"train/clipfrac_low", "train/clipfrac_high"} <= set(rows[0])

@@ -70,6 +70,13 @@ class RunConfig:
     beta: float = 0.02  # KL coefficient, k3 estimator (R1 reports 0.001 at 671B parameters)
     clip_eps: float = 0.2  # clip range epsilon (PPO and DeepSeekMath's GRPO: 0.2)
     num_iterations: int = 1  # mu: policy updates per rollout batch (R1-Zero: 1, strictly on-policy)
+    clip_eps_high: float = -1.0  # upper clip range; -1 = same as clip_eps (DAPO clip-higher: 0.28)
+    adv_baseline: str = "mean"  # "mean" (GRPO) or "loo" (RLOO leave-one-out)
+    adv_scale: str = "group"  # "group" std (GRPO), "batch" std, or "none" (Dr. GRPO)
+    ratio_level: str = "token"  # "token" (GRPO) or "sequence" (GSPO length-normalised sequence ratio)
+    kl_estimator: str = "k3"  # "k1", "k2" or "k3" (R1: k3)
+    loss_aggregation: str = "seq_mean_token_mean"  # GRPO; "token_mean" (DAPO); "seq_mean_token_sum_norm" (Dr. GRPO)
+    entropy_coef: float = 0.0  # entropy bonus coefficient (0 = none, as R1)
     max_grad_norm: float = 1.0  # gradient clipping
     adv_eps: float = 1e-4  # epsilon in (r - mean) / (std + eps)
     format_weight: float = 1.0  # weight of the format reward (accuracy weight is 1)
@@ -90,6 +97,14 @@ class RunConfig:
             raise ConfigError(f"task={self.task!r}: expected 'multiplication' or 'countdown'")
         if self.model_type != "llama":
             raise ConfigError(f"model_type={self.model_type!r}: expected 'llama' (see r1/models/policy.py)")
+        choices = {"adv_baseline": ("mean", "loo"), "adv_scale": ("group", "batch", "none"),
+                   "ratio_level": ("token", "sequence"), "kl_estimator": ("k1", "k2", "k3"),
+                   "loss_aggregation": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
+        if self.clip_eps_high != -1.0 and self.clip_eps_high < 0:
+            raise ConfigError(f"clip_eps_high={self.clip_eps_high}: expected >= 0, or -1 for the same as clip_eps")
         if self.group_size < 2:
             raise ConfigError(f"group_size={self.group_size}: expected >= 2 (group-relative advantages need 2 completions)")
         if len(self.digits) != 2 or any(not isinstance(d, int) or not 1 <= d <= 4 for d in self.digits):
@@ -122,7 +137,7 @@ class RunConfig:
         for key in ("lr", "pretrain_lr", "max_grad_norm"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected > 0")
-        for key in ("beta", "clip_eps", "format_weight", "adv_eps"):
+        for key in ("beta", "clip_eps", "format_weight", "adv_eps", "entropy_coef"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected >= 0")
         for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "max_position",

@@ -6,7 +6,8 @@ import torch
 
 
 def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
-                   completion_mask: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                   completion_mask: torch.Tensor, temperature: float = 1.0,
+                   entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities and entropies of the completion tokens, at the sampling temperature.
 
     Position ids follow the attention mask, as ``generate`` assigns them to
@@ -26,6 +27,6 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
     logits = logits[:, prompt_ids.shape[1] - 1:-1].float() / temperature  # [N, L, V]
     logp_all = torch.log_softmax(logits, -1)
     logp = logp_all.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)  # [N, L]
-    with torch.no_grad():
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
         entropy = -(logp_all.exp() * logp_all).sum(-1)  # [N, L]
     return logp, entropy

@@ -59,19 +59,23 @@ def policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages:
             old_logp, _ = token_logprobs(policy, *args)
     stats, sampler_dev = {}, None
     for it in range(cfg.num_iterations):
-        logp, entropy = token_logprobs(policy, *args)
+        logp, entropy = token_logprobs(policy, *args, entropy_grad=cfg.entropy_coef > 0)
         if it == 0 and batch.sampler_logp is not None:  # trainer vs sampler: ~1e-6 unless something is off
             dev = ((logp.detach() - batch.sampler_logp).exp() - 1).abs() * batch.completion_mask
             sampler_dev = dev.max().item()
         loss, stats = grpo_loss(logp, logp.detach() if old_logp is None else old_logp, ref_logp, advantages,
-                                batch.completion_mask, cfg.clip_eps, cfg.beta)
+                                batch.completion_mask, cfg.clip_eps, cfg.beta,
+                                clip_eps_high=None if cfg.clip_eps_high < 0 else cfg.clip_eps_high,
+                                ratio_level=cfg.ratio_level, kl_estimator=cfg.kl_estimator,
+                                aggregation=cfg.loss_aggregation, norm_tokens=cfg.max_new_tokens,
+                                entropy=entropy, entropy_coef=cfg.entropy_coef)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
         optimizer.step()
         mask = batch.completion_mask
         stats.update(loss=loss.item(), grad_norm=grad_norm.item(), sampler_ratio_max_dev=sampler_dev,
-                     entropy=((entropy * mask).sum() / mask.sum().clamp(min=1)).item())
+                     entropy=((entropy.detach() * mask).sum() / mask.sum().clamp(min=1)).item())
     return stats
 
 
@@ -87,7 +91,7 @@ def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: s
     batch = generate_rollouts(policy, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
     t1 = time.perf_counter()
     scores = score(task, batch.texts, answers, cfg.format_weight)
-    advantages = group_advantages(scores.total, cfg.group_size, cfg.adv_eps)  # [B*G]
+    advantages = group_advantages(scores.total, cfg.group_size, cfg.adv_eps, cfg.adv_baseline, cfg.adv_scale)  # [B*G]
     t2 = time.perf_counter()
     stats = policy_update(policy, reference, optimizer, batch, advantages, cfg)
     t3 = time.perf_counter()
@@ -109,6 +113,8 @@ def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: s
         "train/loss": stats["loss"],
         "train/kl": stats["kl"],
         "train/clipfrac": stats["clipfrac"],
+        "train/clipfrac_low": stats["clipfrac_low"],
+        "train/clipfrac_high": stats["clipfrac_high"],
         "train/entropy": stats["entropy"],
         "train/grad_norm": stats["grad_norm"],
         "train/ratio_max_dev": stats["ratio_max_dev"],
