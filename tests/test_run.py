@@ -132,6 +132,8 @@ def test_ctrl_c_during_rl_keeps_checkpoint_and_report_then_resumes(tmp_path):
     ["adv_scale=none", "loss_aggregation=seq_mean_token_sum_norm", "beta=0"],
     ["clip_eps_high=0.28", "loss_aggregation=token_mean", "num_iterations=2", "entropy_coef=0.01"],
     ["ratio_level=sequence", "adv_scale=batch"],
+    ["overlong=mask", "ref_refresh_every=1"],
+    ["overlong=soft", "overlong_cache=6"],
 ])
 def test_loss_variants_run_end_to_end(variant, tmp_path):
     assert main(["run", *MICRO, f"runs_dir={tmp_path}", "name=v", "rl_steps=2", *variant]) == 0

@@ -77,6 +77,9 @@ class RunConfig:
     kl_estimator: str = "k3"  # "k1", "k2" or "k3" (R1: k3)
     loss_aggregation: str = "seq_mean_token_mean"  # GRPO; "token_mean" (DAPO); "seq_mean_token_sum_norm" (Dr. GRPO)
     entropy_coef: float = 0.0  # entropy bonus coefficient (0 = none, as R1)
+    overlong: str = "none"  # truncated completions: "none", "mask" (left out of the loss) or "soft" (DAPO Eq. 13)
+    overlong_cache: int = 0  # DAPO L_cache: width in tokens of the soft penalty's linear zone
+    ref_refresh_every: int = 0  # copy the policy into the reference model every N steps (0 = frozen base)
     max_grad_norm: float = 1.0  # gradient clipping
     adv_eps: float = 1e-4  # epsilon in (r - mean) / (std + eps)
     format_weight: float = 1.0  # weight of the format reward (accuracy weight is 1)
@@ -99,12 +102,17 @@ class RunConfig:
             raise ConfigError(f"model_type={self.model_type!r}: expected 'llama' (see r1/models/policy.py)")
         choices = {"adv_baseline": ("mean", "loo"), "adv_scale": ("group", "batch", "none"),
                    "ratio_level": ("token", "sequence"), "kl_estimator": ("k1", "k2", "k3"),
-                   "loss_aggregation": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")}
+                   "loss_aggregation": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
+                   "overlong": ("none", "mask", "soft")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
         if self.clip_eps_high != -1.0 and self.clip_eps_high < 0:
             raise ConfigError(f"clip_eps_high={self.clip_eps_high}: expected >= 0, or -1 for the same as clip_eps")
+        if not 0 <= self.overlong_cache <= self.max_new_tokens:
+            raise ConfigError(f"overlong_cache={self.overlong_cache}: expected 0..max_new_tokens={self.max_new_tokens}")
+        if self.ref_refresh_every < 0:
+            raise ConfigError(f"ref_refresh_every={self.ref_refresh_every}: expected >= 0")
         if self.group_size < 2:
             raise ConfigError(f"group_size={self.group_size}: expected >= 2 (group-relative advantages need 2 completions)")
         if len(self.digits) != 2 or any(not isinstance(d, int) or not 1 <= d <= 4 for d in self.digits):

@@ -119,6 +119,8 @@ def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys):
         state = torch.load(ckpts[-1] / "trainer_state.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         start_step = state["step"]
+        if "reference" in state:
+            reference.load_state_dict(state["reference"])
         rows = [r for r in read_metrics(run_dir) if r["step"] <= start_step]  # drop steps after the checkpoint
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         for path in (run_dir / "samples").glob("step-*.jsonl"):
@@ -143,6 +145,8 @@ def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys):
             began = time.time()
             for step in range(start_step, cfg.rl_steps):
                 row, samples = rl_step(step, policy, reference, optimizer, tokenizer, task, heldout_keys, cfg)
+                if cfg.ref_refresh_every and (step + 1) % cfg.ref_refresh_every == 0:
+                    reference.load_state_dict(policy.state_dict())  # periodic reference refresh
                 row["time/elapsed_s"] = time.time() - began
                 append_jsonl(run_dir / "metrics.jsonl", [row])
                 if (step + 1) % cfg.samples_every == 0 or step == 0:
@@ -159,7 +163,7 @@ def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys):
                 last = step + 1 == cfg.rl_steps
                 if (step + 1) % cfg.save_every == 0 or last or stop["asked"]:
                     save_checkpoint(run_dir / "checkpoints" / f"step-{step + 1:06d}", policy, tokenizer, optimizer,
-                                    step + 1)
+                                    step + 1, reference if cfg.ref_refresh_every else None)
                 if stop["asked"] and not last:
                     raise Interrupted(step + 1)
     finally:

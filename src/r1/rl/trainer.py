@@ -23,6 +23,7 @@ import torch
 from r1.models.tokenizer import prompt_text
 from r1.pretrain import sample_train_problem
 from r1.rewards.format import format_reward
+from r1.rewards.length import soft_overlong_penalty
 from r1.rl.grpo import group_advantages, grpo_loss
 from r1.rl.logprobs import token_logprobs
 from r1.rollout.engine import RolloutBatch, generate_rollouts
@@ -49,6 +50,9 @@ def score(task, texts: list[str], answers: list[str], format_weight: float) -> S
 def policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages: torch.Tensor, cfg) -> dict:
     """``num_iterations`` optimizer steps on one rollout batch; returns detached statistics."""
     args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask, cfg.temperature)
+    loss_mask = batch.completion_mask  # [N, L]
+    if cfg.overlong == "mask":  # DAPO overlong filtering: truncated completions teach nothing
+        loss_mask = loss_mask * (~batch.truncated).float().unsqueeze(-1)
     ref_logp = None
     if cfg.beta > 0:  # no reference forward at all when beta = 0
         with torch.no_grad():
@@ -64,7 +68,7 @@ def policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages:
             dev = ((logp.detach() - batch.sampler_logp).exp() - 1).abs() * batch.completion_mask
             sampler_dev = dev.max().item()
         loss, stats = grpo_loss(logp, logp.detach() if old_logp is None else old_logp, ref_logp, advantages,
-                                batch.completion_mask, cfg.clip_eps, cfg.beta,
+                                loss_mask, cfg.clip_eps, cfg.beta,
                                 clip_eps_high=None if cfg.clip_eps_high < 0 else cfg.clip_eps_high,
                                 ratio_level=cfg.ratio_level, kl_estimator=cfg.kl_estimator,
                                 aggregation=cfg.loss_aggregation, norm_tokens=cfg.max_new_tokens,
@@ -91,6 +95,8 @@ def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: s
     batch = generate_rollouts(policy, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
     t1 = time.perf_counter()
     scores = score(task, batch.texts, answers, cfg.format_weight)
+    if cfg.overlong == "soft":
+        scores.total = scores.total + soft_overlong_penalty(batch.lengths, cfg.max_new_tokens, cfg.overlong_cache)
     advantages = group_advantages(scores.total, cfg.group_size, cfg.adv_eps, cfg.adv_baseline, cfg.adv_scale)  # [B*G]
     t2 = time.perf_counter()
     stats = policy_update(policy, reference, optimizer, batch, advantages, cfg)
@@ -130,12 +136,16 @@ def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: s
     return row, samples
 
 
-def save_checkpoint(path: Path, policy, tokenizer, optimizer, step: int) -> None:
-    """``save_pretrained`` (safetensors) + tokenizer + ``trainer_state.pt`` (optimizer, step)."""
+def save_checkpoint(path: Path, policy, tokenizer, optimizer, step: int, reference=None) -> None:
+    """``save_pretrained`` (safetensors) + tokenizer + ``trainer_state.pt`` (optimizer, step and,
+    when given, the reference model's weights: a refreshed reference is not the base)."""
     tmp = path.with_name(path.name + ".tmp")
     policy.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    torch.save({"step": step, "optimizer": optimizer.state_dict()}, tmp / "trainer_state.pt")
+    state = {"step": step, "optimizer": optimizer.state_dict()}
+    if reference is not None:
+        state["reference"] = reference.state_dict()
+    torch.save(state, tmp / "trainer_state.pt")
     if path.exists():
         import shutil
         shutil.rmtree(path)
