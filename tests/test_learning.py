@@ -8,7 +8,7 @@ from r1.models.tokenizer import build_tokenizer, prompt_text
 from r1.rl.grpo import group_advantages
 from r1.rl.logprobs import token_logprobs
 from r1.rl.trainer import policy_update
-from r1.rollout.engine import RolloutBatch, completion_mask, generate_rollouts
+from r1.rollout.engine import RolloutBatch, completion_mask, concat_rollouts, generate_rollouts
 
 
 def make_batch(tok, prompt, completions):
@@ -90,3 +90,22 @@ def test_completion_mask_hand_worked():
     mask, truncated = completion_mask(ids, eos)
     assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
     assert truncated.tolist() == [False, True, False]
+
+
+def test_select_and_concat_rollouts_round_trip():
+    cfg = RunConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    tok = build_tokenizer()
+    model = build_policy(cfg, tok, seed=0)
+    torch.manual_seed(0)
+    a = generate_rollouts(model, tok, [prompt_text(tok, "1 2 -> 3")], 2, 6)
+    b = generate_rollouts(model, tok, [prompt_text(tok, "10 20 30 -> 60")], 2, 9)
+    both = concat_rollouts([a, b], tok.pad_token_id)
+    assert both.prompt_ids.shape[1] == b.prompt_ids.shape[1] and both.completion_ids.shape[1] == b.completion_ids.shape[1]
+    assert both.texts == a.texts + b.texts
+    assert both.lengths.tolist() == a.lengths.tolist() + b.lengths.tolist()
+    # the short prompt is re-padded on the left: its tokens end where the long prompt's do
+    n = int(a.prompt_mask[0].sum())
+    assert both.prompt_ids[0, -n:].tolist() == a.prompt_ids[0, -n:].tolist()
+    assert both.select([3, 0]).texts == [b.texts[1], a.texts[0]]
+    logp, _ = token_logprobs(model, both.prompt_ids, both.prompt_mask, both.completion_ids, both.completion_mask)
+    assert ((logp - both.sampler_logp) * both.completion_mask).abs().max() < 1e-4

@@ -134,6 +134,7 @@ def test_ctrl_c_during_rl_keeps_checkpoint_and_report_then_resumes(tmp_path):
     ["ratio_level=sequence", "adv_scale=batch"],
     ["overlong=mask", "ref_refresh_every=1"],
     ["overlong=soft", "overlong_cache=6"],
+    ["dynamic_sampling=true", "dynamic_sampling_max_rounds=3"],
 ])
 def test_loss_variants_run_end_to_end(variant, tmp_path):
     assert main(["run", *MICRO, f"runs_dir={tmp_path}", "name=v", "rl_steps=2", *variant]) == 0

@@ -79,6 +79,8 @@ class RunConfig:
     entropy_coef: float = 0.0  # entropy bonus coefficient (0 = none, as R1)
     overlong: str = "none"  # truncated completions: "none", "mask" (left out of the loss) or "soft" (DAPO Eq. 13)
     overlong_cache: int = 0  # DAPO L_cache: width in tokens of the soft penalty's linear zone
+    dynamic_sampling: bool = False  # DAPO: drop all-right / all-wrong groups and draw more prompts
+    dynamic_sampling_max_rounds: int = 4  # cap on sampling rounds per step with dynamic_sampling
     ref_refresh_every: int = 0  # copy the policy into the reference model every N steps (0 = frozen base)
     max_grad_norm: float = 1.0  # gradient clipping
     adv_eps: float = 1e-4  # epsilon in (r - mean) / (std + eps)
@@ -150,6 +152,7 @@ class RunConfig:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected >= 0")
         for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "max_position",
                     "pretrain_batch_size", "prompts_per_step", "max_new_tokens", "num_iterations", "eval_problems",
+                    "dynamic_sampling_max_rounds",
                     "eval_k", "eval_batch_size", "log_every", "samples_every", "save_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected >= 1")

@@ -26,7 +26,7 @@ from r1.rewards.format import format_reward
 from r1.rewards.length import soft_overlong_penalty
 from r1.rl.grpo import group_advantages, grpo_loss
 from r1.rl.logprobs import token_logprobs
-from r1.rollout.engine import RolloutBatch, generate_rollouts
+from r1.rollout.engine import RolloutBatch, concat_rollouts, generate_rollouts
 
 
 @dataclass
@@ -83,28 +83,69 @@ def policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages:
     return stats
 
 
-def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: set, cfg) -> tuple[dict, list[dict]]:
-    """One GRPO step; returns the metrics row and the rollout samples (prompt, completion, rewards)."""
-    rng = random.Random(f"{cfg.seed}/rl/{step}")  # per-step seeds: a resumed run draws the same data
+def _rollout_round(rng, policy, tokenizer, task, heldout, cfg):
+    """Draw B prompts, sample G completions each, score them: (prompts, answers, batch, scores, seconds)."""
     problems = [sample_train_problem(task, rng, heldout) for _ in range(cfg.prompts_per_step)]
     prompts = [prompt_text(tokenizer, p.question) for p in problems]
     answers = [p.answer for p in problems for _ in range(cfg.group_size)]
-
     t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed * 1_000_003 + step)
     batch = generate_rollouts(policy, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
     t1 = time.perf_counter()
     scores = score(task, batch.texts, answers, cfg.format_weight)
     if cfg.overlong == "soft":
         scores.total = scores.total + soft_overlong_penalty(batch.lengths, cfg.max_new_tokens, cfg.overlong_cache)
-    advantages = group_advantages(scores.total, cfg.group_size, cfg.adv_eps, cfg.adv_baseline, cfg.adv_scale)  # [B*G]
-    t2 = time.perf_counter()
+    return prompts, answers, batch, scores, (t1 - t0, time.perf_counter() - t1)
+
+
+def _informative_groups(scores: Scores, group_size: int) -> list[int]:
+    """Indices of groups whose accuracy is neither all 0 nor all 1 (DAPO dynamic sampling, Eq. 11)."""
+    acc = scores.accuracy.view(-1, group_size).mean(-1)
+    return [i for i, a in enumerate(acc.tolist()) if 0.0 < a < 1.0]
+
+
+def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: set, cfg) -> tuple[dict, list[dict]]:
+    """One GRPO step; returns the metrics row and the rollout samples (prompt, completion, rewards).
+
+    With ``dynamic_sampling`` (DAPO, arXiv 2503.14476, §3.2), groups whose completions are all
+    right or all wrong are dropped and more prompts are drawn until B groups are kept or
+    ``dynamic_sampling_max_rounds`` rounds were sampled; the step then trains on what it kept
+    (``rollout/prompts_drawn`` says how many prompts that took).
+    """
+    rng = random.Random(f"{cfg.seed}/rl/{step}")  # per-step seeds: a resumed run draws the same data
+    torch.manual_seed(cfg.seed * 1_000_003 + step)
+    G, B = cfg.group_size, cfg.prompts_per_step
+    kept, gen_s, rew_s, drawn = [], 0.0, 0.0, 0
+    rounds = cfg.dynamic_sampling_max_rounds if cfg.dynamic_sampling else 1
+    for _ in range(rounds):
+        prompts, answers, batch, scores, (g_s, r_s) = _rollout_round(rng, policy, tokenizer, task, heldout, cfg)
+        gen_s, rew_s, drawn = gen_s + g_s, rew_s + r_s, drawn + B
+        groups = _informative_groups(scores, G) if cfg.dynamic_sampling else list(range(B))
+        kept.append((prompts, answers, batch, scores, groups))
+        if sum(len(k[4]) for k in kept) >= B:
+            break
+    if not any(k[4] for k in kept):  # nothing informative at all: train on the last round (zero advantages)
+        kept[-1] = kept[-1][:4] + (list(range(B)),)
+    parts, prompts, answers, sc = [], [], [], []
+    for p, a, b, s_, groups in kept:
+        rows = [g * G + j for g in groups for j in range(G)]
+        parts.append(b.select(rows))
+        prompts += [p[g] for g in groups]
+        answers += [a[r] for r in rows]
+        sc.append(Scores(*(getattr(s_, f)[rows] for f in ("accuracy", "format", "total", "reasons"))))
+    n_rows = min(B, len(prompts)) * G
+    batch = concat_rollouts(parts, tokenizer.pad_token_id).select(list(range(n_rows)))
+    prompts, answers = prompts[:n_rows // G], answers[:n_rows]
+    scores = Scores(*(torch.cat([getattr(s_, f) for s_ in sc])[:n_rows]
+                      for f in ("accuracy", "format", "total", "reasons")))
+
+    advantages = group_advantages(scores.total, G, cfg.adv_eps, cfg.adv_baseline, cfg.adv_scale)  # [B*G]
+    t_update = time.perf_counter()
     stats = policy_update(policy, reference, optimizer, batch, advantages, cfg)
-    t3 = time.perf_counter()
+    update_s = time.perf_counter() - t_update
 
     lengths = batch.lengths
     correct = scores.accuracy > 0
-    zero_std = (scores.total.view(-1, cfg.group_size).std(-1) == 0).float().mean().item()
+    zero_std = (scores.total.view(-1, G).std(-1) == 0).float().mean().item()
     row = {
         "step": step + 1,
         "reward/mean": scores.total.mean().item(),
@@ -125,9 +166,10 @@ def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: s
         "train/grad_norm": stats["grad_norm"],
         "train/ratio_max_dev": stats["ratio_max_dev"],
         "train/sampler_ratio_max_dev": stats["sampler_ratio_max_dev"],
-        "time/generate_s": t1 - t0,
-        "time/reward_s": t2 - t1,
-        "time/update_s": t3 - t2,
+        "rollout/prompts_drawn": drawn,
+        "time/generate_s": gen_s,
+        "time/reward_s": rew_s,
+        "time/update_s": update_s,
     }
     samples = [{"step": step + 1, "prompt": prompts[i // cfg.group_size], "completion": batch.texts[i],
                 "answer": answers[i], "reward": scores.total[i].item(), "accuracy": scores.accuracy[i].item(),

@@ -30,6 +30,28 @@ class RolloutBatch:
         """[N] completion lengths in tokens (EOS included)."""
         return self.completion_mask.sum(-1)
 
+    def select(self, rows: list[int]) -> "RolloutBatch":
+        """The rows ``rows`` of every field, in that order."""
+        idx = torch.tensor(rows, dtype=torch.long)
+        return RolloutBatch(self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx],
+                            self.completion_mask[idx], self.truncated[idx], [self.texts[i] for i in rows],
+                            None if self.sampler_logp is None else self.sampler_logp[idx])
+
+
+def concat_rollouts(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """One batch from several: prompts re-padded on the left, completions on the right."""
+    p_width = max(b.prompt_ids.shape[1] for b in batches)
+    c_width = max(b.completion_ids.shape[1] for b in batches)
+    left = lambda t, v: torch.nn.functional.pad(t, (p_width - t.shape[1], 0), value=v)  # noqa: E731
+    right = lambda t, v: torch.nn.functional.pad(t, (0, c_width - t.shape[1]), value=v)  # noqa: E731
+    logps = [b.sampler_logp for b in batches]
+    return RolloutBatch(
+        torch.cat([left(b.prompt_ids, pad_id) for b in batches]), torch.cat([left(b.prompt_mask, 0) for b in batches]),
+        torch.cat([right(b.completion_ids, pad_id) for b in batches]),
+        torch.cat([right(b.completion_mask, 0.0) for b in batches]), torch.cat([b.truncated for b in batches]),
+        [t for b in batches for t in b.texts],
+        None if any(x is None for x in logps) else torch.cat([right(x, 0.0) for x in logps]))
+
 
 def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask of tokens up to and including the first EOS, and the truncation flags.
