@@ -109,3 +109,22 @@ def test_select_and_concat_rollouts_round_trip():
     assert both.select([3, 0]).texts == [b.texts[1], a.texts[0]]
     logp, _ = token_logprobs(model, both.prompt_ids, both.prompt_mask, both.completion_ids, both.completion_mask)
     assert ((logp - both.sampler_logp) * both.completion_mask).abs().max() < 1e-4
+
+
+def test_merge_rounds_keeps_informative_groups_in_order():
+    from r1.rl.trainer import Scores, _informative_groups, _merge_rounds
+
+    tok = build_tokenizer()
+    p = prompt_text(tok, "1*2")
+    # Round 1: group 0 all right (dropped), group 1 mixed (kept). Round 2: group 0 mixed (kept), group 1 mixed.
+    r1 = make_batch(tok, p, ["a", "b", "c", "d"])
+    r2 = make_batch(tok, p, ["e", "f", "g", "h"])
+    s1 = Scores(torch.tensor([1.0, 1, 1, 0]), torch.ones(4), torch.tensor([2.0, 2, 2, 1]), torch.zeros(4))
+    s2 = Scores(torch.tensor([0.0, 1, 1, 0]), torch.ones(4), torch.tensor([1.0, 2, 2, 1]), torch.zeros(4))
+    assert _informative_groups(s1, 2) == [1] and _informative_groups(s2, 2) == [0, 1]
+    kept = [(["q0", "q1"], ["x0", "x0", "x1", "x1"], r1, s1, [1]),
+            (["q2", "q3"], ["x2", "x2", "x3", "x3"], r2, s2, [0, 1])]
+    prompts, answers, batch, scores = _merge_rounds(kept, G=2, B=2, pad_id=tok.pad_token_id)
+    assert prompts == ["q1", "q2"] and answers == ["x1", "x1", "x2", "x2"]
+    assert batch.texts == ["c", "d", "e", "f"]
+    assert scores.accuracy.tolist() == [1.0, 0.0, 0.0, 1.0] and scores.total.tolist() == [2.0, 1.0, 1.0, 2.0]

@@ -56,9 +56,11 @@ def test_micro_run_writes_every_file_and_reloads(tmp_path):
     assert model(input_ids=__import__("torch").tensor([ids])).logits.shape == (1, len(ids), len(tok))
 
 
-def test_resume_continues_from_checkpoint(tmp_path):
-    # Run 2 of 3 steps, then resume to 3: same metrics as an uninterrupted run (per-step seeds).
-    args = [*MICRO, f"runs_dir={tmp_path}"]
+@pytest.mark.parametrize("extra", [[], ["ref_refresh_every=1"]])
+def test_resume_continues_from_checkpoint(tmp_path, extra):
+    # Run 2 of 3 steps, then resume to 3: same metrics as an uninterrupted run (per-step seeds;
+    # a refreshed reference model is restored from the checkpoint).
+    args = [*MICRO, f"runs_dir={tmp_path}", *extra]
     assert main(["run", *args, "name=full"]) == 0
     assert main(["run", *args, "name=part", "rl_steps=2"]) == 0
     part = tmp_path / "part"

@@ -103,6 +103,28 @@ def _informative_groups(scores: Scores, group_size: int) -> list[int]:
     return [i for i, a in enumerate(acc.tolist()) if 0.0 < a < 1.0]
 
 
+def _merge_rounds(kept: list, G: int, B: int, pad_id: int):
+    """At most B kept groups from the sampling rounds, as one (prompts, answers, batch, scores).
+
+    ``kept`` holds ``(prompts, answers, batch, scores, group indices)`` per round. When no round
+    kept a group, the last round is used whole (its advantages are then zero).
+    """
+    if not any(k[4] for k in kept):
+        kept[-1] = kept[-1][:4] + (list(range(B)),)
+    fields = ("accuracy", "format", "total", "reasons")
+    parts, prompts, answers, per_round = [], [], [], []
+    for p, a, b, s_, groups in kept:
+        rows = [g * G + j for g in groups for j in range(G)]
+        parts.append(b.select(rows))
+        prompts += [p[g] for g in groups]
+        answers += [a[r] for r in rows]
+        per_round.append([getattr(s_, f)[rows] for f in fields])
+    n_rows = min(B, len(prompts)) * G
+    batch = concat_rollouts(parts, pad_id).select(list(range(n_rows)))
+    scores = Scores(*(torch.cat([r[i] for r in per_round])[:n_rows] for i in range(len(fields))))
+    return prompts[:n_rows // G], answers[:n_rows], batch, scores
+
+
 def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: set, cfg) -> tuple[dict, list[dict]]:
     """One GRPO step; returns the metrics row and the rollout samples (prompt, completion, rewards).
 
@@ -123,20 +145,7 @@ def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: s
         kept.append((prompts, answers, batch, scores, groups))
         if sum(len(k[4]) for k in kept) >= B:
             break
-    if not any(k[4] for k in kept):  # nothing informative at all: train on the last round (zero advantages)
-        kept[-1] = kept[-1][:4] + (list(range(B)),)
-    parts, prompts, answers, sc = [], [], [], []
-    for p, a, b, s_, groups in kept:
-        rows = [g * G + j for g in groups for j in range(G)]
-        parts.append(b.select(rows))
-        prompts += [p[g] for g in groups]
-        answers += [a[r] for r in rows]
-        sc.append(Scores(*(getattr(s_, f)[rows] for f in ("accuracy", "format", "total", "reasons"))))
-    n_rows = min(B, len(prompts)) * G
-    batch = concat_rollouts(parts, tokenizer.pad_token_id).select(list(range(n_rows)))
-    prompts, answers = prompts[:n_rows // G], answers[:n_rows]
-    scores = Scores(*(torch.cat([getattr(s_, f) for s_ in sc])[:n_rows]
-                      for f in ("accuracy", "format", "total", "reasons")))
+    prompts, answers, batch, scores = _merge_rounds(kept, G, B, tokenizer.pad_token_id)
 
     advantages = group_advantages(scores.total, G, cfg.adv_eps, cfg.adv_baseline, cfg.adv_scale)  # [B*G]
     t_update = time.perf_counter()
