@@ -12,7 +12,6 @@ expected; the CLI prints it and exits with code 2.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import typing
 from dataclasses import dataclass, field
@@ -175,19 +174,16 @@ class RunConfig:
 
 
 def _check_countdown_file(path: str) -> None:
-    """Raise ConfigError unless ``path`` is a jsonl of nums/target or input/output records."""
+    """Raise ConfigError unless ``path`` parses with the Countdown task's own file reader."""
+    from r1.tasks.countdown import CountdownTask
+
     hint = "expected a jsonl with nums/target or input/output fields, relative to the current directory"
     if not Path(path).is_file():
         raise ConfigError(f"countdown_test_file={path!r}: file not found ({hint}; set countdown_test_file= to skip)")
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            nums = rec["nums"] if "nums" in rec else str(rec["input"]).split(",")
-            [int(x) for x in nums], int(rec["target"] if "nums" in rec else rec["output"])
-        except (ValueError, KeyError, TypeError):
-            raise ConfigError(f"countdown_test_file={path!r}, line {n}: {hint}") from None
+    try:
+        CountdownTask().load_file(path)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ConfigError(f"countdown_test_file={path!r}: {hint}") from None
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
