@@ -75,12 +75,39 @@ def test_resume_continues_from_checkpoint(tmp_path, extra):
     assert [drop(r) for r in resumed] == [drop(r) for r in full]
 
 
+def test_eval_every_logs_pass_at_1_and_base_from_reuses_the_base(tmp_path, capsys):
+    # Run B reuses run A's base (no pretraining) and evaluates every 2 steps. Evaluation must not change
+    # training (per-step seeds), so B's training metrics equal A's; the base weights are byte-identical.
+    args = [*MICRO, f"runs_dir={tmp_path}", "rl_steps=4", "eval_problems=6"]
+    assert main(["run", *args, "name=a"]) == 0
+    base_a = tmp_path / "a" / "checkpoints" / "base"
+    assert main(["run", *args, "name=b", f"base_from={base_a}", "eval_every=2", "eval_every_problems=3",
+                 "eval_every_k=2"]) == 0
+    assert "copied from" in capsys.readouterr().out
+    base_b = tmp_path / "b" / "checkpoints" / "base"
+    assert (base_b / "model.safetensors").read_bytes() == (base_a / "model.safetensors").read_bytes()
+    read = lambda name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    a, b = read("a"), read("b")
+    train = lambda r: {k: v for k, v in r.items() if not k.startswith(("time/", "eval/"))}  # noqa: E731
+    assert [train(r) for r in b] == [train(r) for r in a]
+    assert [("eval/pass@1" in r) for r in b] == [False, True, False, True]
+    for r in (b[1], b[3]):
+        assert 0.0 <= r["eval/pass@1"] <= 1.0 and r["eval/len_mean"] > 0 and r["eval/seconds"] > 0
+        assert r["eval/pass@1"] in {i / 6 for i in range(7)}  # 3 problems x k=2: a multiple of 1/6
+    assert all(b[i]["time/elapsed_s"] < b[i + 1]["time/elapsed_s"] for i in range(3))
+    # a base of another architecture is refused in one line
+    assert main(["run", *args, "name=c", f"base_from={base_a}", "hidden_size=64"]) == 2
+    assert "base_from=" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("arg, needle", [
     ("group_size=1", "group_size=1: expected >= 2"),
     ("bogus_key=3", "unknown config key 'bogus_key'"),
     ("lr=fast", "lr='fast': expected float"),
     ("task=chess", "task='chess'"),
     ("digits=[2]", "digits=[2]"),
+    ("base_from=nowhere", "base_from='nowhere': no model.safetensors"),
+    ("eval_every=-1", "eval_every=-1: expected >= 0"),
 ])
 def test_bad_input_is_one_line_exit_2(arg, needle, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "r1.cli", "run", arg, f"runs_dir={tmp_path}"],

@@ -81,6 +81,7 @@ class RunConfig:
     dynamic_sampling: bool = False  # DAPO: drop all-right / all-wrong groups and draw more prompts
     dynamic_sampling_max_rounds: int = 4  # cap on sampling rounds per step with dynamic_sampling
     ref_refresh_every: int = 0  # copy the policy into the reference model every N steps (0 = frozen base)
+    base_from: str = ""  # reuse the base checkpoint of an earlier run (its checkpoints/base) instead of pretraining
     max_grad_norm: float = 1.0  # gradient clipping
     adv_eps: float = 1e-4  # epsilon in (r - mean) / (std + eps)
     format_weight: float = 1.0  # weight of the format reward (accuracy weight is 1)
@@ -94,6 +95,9 @@ class RunConfig:
     eval_temperature: float = 0.6  # R1 §3
     eval_top_p: float = 0.95  # R1 §3
     eval_batch_size: int = 512  # completions sampled at once during evaluation
+    eval_every: int = 0  # during RL: evaluate every N steps and log eval/pass@1 in metrics.jsonl (0 = off)
+    eval_every_problems: int = 100  # during RL: the first N held-out problems (at most eval_problems)
+    eval_every_k: int = 4  # during RL: samples per problem
 
     def validate(self) -> None:
         """Check values that no type can express; raise ConfigError with one line."""
@@ -151,11 +155,13 @@ class RunConfig:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected >= 0")
         for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "max_position",
                     "pretrain_batch_size", "prompts_per_step", "max_new_tokens", "num_iterations", "eval_problems",
-                    "dynamic_sampling_max_rounds",
+                    "dynamic_sampling_max_rounds", "eval_every_problems", "eval_every_k",
                     "eval_k", "eval_batch_size", "log_every", "samples_every", "save_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected >= 1")
-        for key in ("pretrain_steps", "rl_steps", "pretrain_warmup_steps", "threads"):
+        if self.base_from:
+            _check_base(self)
+        for key in ("pretrain_steps", "rl_steps", "pretrain_warmup_steps", "threads", "eval_every"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected >= 0")
         if self.countdown_test_file:
@@ -171,6 +177,22 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _check_base(cfg: RunConfig) -> None:
+    """Raise ConfigError unless ``cfg.base_from`` is a base checkpoint of this recipe's architecture."""
+    import json
+
+    path = Path(cfg.base_from)
+    hint = "expected a base checkpoint folder such as runs/r1-zero-mult/checkpoints/base"
+    if not (path / "model.safetensors").is_file() or not (path / "pretrain.json").is_file():
+        raise ConfigError(f"base_from={cfg.base_from!r}: no model.safetensors and pretrain.json there ({hint})")
+    saved = json.loads((path / "config.json").read_text())
+    for key, theirs in (("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"),
+                        ("num_heads", "num_attention_heads"), ("intermediate_size", "intermediate_size")):
+        if saved.get(theirs) != getattr(cfg, key):
+            raise ConfigError(f"base_from={cfg.base_from!r}: its {theirs}={saved.get(theirs)} but {key}="
+                              f"{getattr(cfg, key)}: expected the same architecture as the recipe")
 
 
 def _check_countdown_file(path: str) -> None:

@@ -11,7 +11,9 @@ Stages (each skipped on ``--resume`` when its output exists):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -58,6 +60,10 @@ def _stage_base(cfg, run_dir, tokenizer, task, heldout_keys):
     base_dir = run_dir / "checkpoints" / "base"
     if (base_dir / "model.safetensors").exists():
         console.print(f"[dim]base model: found {base_dir}, skipping pretraining[/]")
+        return _load(base_dir), json.loads((base_dir / "pretrain.json").read_text())
+    if cfg.base_from:  # same seed and architecture -> the same base; reuse it instead of pretraining again
+        shutil.copytree(cfg.base_from, base_dir)
+        console.print(f"[dim]base model: copied from {cfg.base_from}[/]")
         return _load(base_dir), json.loads((base_dir / "pretrain.json").read_text())
     model = build_policy(cfg, tokenizer, cfg.seed)
     console.print(f"policy: {cfg.model_type}, {count_parameters(model) / 1e6:.2f}M parameters, "
@@ -109,12 +115,28 @@ def _eval_sets(cfg, task) -> dict:
     return sets
 
 
-def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys):
+def _eval_during_rl(cfg, policy, tokenizer, task, problems) -> dict:
+    """The R1-protocol evaluation on the first ``eval_every_problems`` held-out problems, k = ``eval_every_k``.
+
+    Returns the ``eval/*`` fields logged into that step's metrics row (seconds are wall time of the evaluation).
+    Training randomness is reseeded every step, so evaluating does not change the training run.
+    """
+    start = time.time()
+    small = dataclasses.replace(cfg, eval_k=cfg.eval_every_k)
+    policy.eval()
+    s = evaluate(policy, tokenizer, task, problems[:cfg.eval_every_problems], small)["summary"]
+    policy.train()
+    return {"eval/pass@1": s["pass@1"], "eval/len_mean": s["len_mean"], "eval/len_correct": s["len_correct"],
+            "eval/reasoning_frac": s["reasoning_frac"], "eval/format": s["format"],
+            "eval/seconds": time.time() - start}
+
+
+def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys, eval_problems=()):
     ckpts = _rl_checkpoints(run_dir)
     policy = _load(ckpts[-1]) if ckpts else copy.deepcopy(base)
     reference = base.eval().requires_grad_(False)  # frozen: KL is taken to the base (R1 Eq. 2)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    start_step = 0
+    start_step, rows = 0, []
     if ckpts:
         state = torch.load(ckpts[-1] / "trainer_state.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
@@ -142,12 +164,16 @@ def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys):
     try:
         with _progress() as bar:
             t = bar.add_task("GRPO", total=cfg.rl_steps, completed=start_step, rate="", info="")
-            began = time.time()
+            began, eval_s = time.time(), 0.0
+            elapsed0 = rows[-1].get("time/elapsed_s", 0.0) if rows else 0.0
             for step in range(start_step, cfg.rl_steps):
                 row, samples = rl_step(step, policy, reference, optimizer, tokenizer, task, heldout_keys, cfg)
                 if cfg.ref_refresh_every and (step + 1) % cfg.ref_refresh_every == 0:
                     reference.load_state_dict(policy.state_dict())  # periodic reference refresh
-                row["time/elapsed_s"] = time.time() - began
+                row["time/elapsed_s"] = elapsed0 + time.time() - began - eval_s  # training time, evaluations excluded
+                if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+                    row.update(_eval_during_rl(cfg, policy, tokenizer, task, eval_problems))
+                    eval_s += row["eval/seconds"]
                 append_jsonl(run_dir / "metrics.jsonl", [row])
                 if (step + 1) % cfg.samples_every == 0 or step == 0:
                     append_jsonl(run_dir / "samples" / f"step-{step + 1:06d}.jsonl", samples)
@@ -223,7 +249,7 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
     for label, problems in eval_sets.items():
         _stage_eval(cfg, run_dir, base, tokenizer, task, problems, "before", label)
     try:
-        policy = _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys)
+        policy = _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys, eval_sets[""])
     except (Interrupted, KeyboardInterrupt):
         summary(f"interrupted during RL; resume with `r1 run --resume {run_dir}`")
         raise
