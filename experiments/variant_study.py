@@ -11,7 +11,7 @@ them is kept). Finished runs are skipped, so an interrupted study resumes where 
 
 Figures per variant (mean ± sample std over seeds):
     final pass@1: the main job's after-RL evaluation (200 held-out problems, k = 8, T = 0.6, top-p 0.95);
-    steps / seconds to 50 % and 70 %: first logged ``eval/pass@1`` (100 problems, k = 4, every 5 steps)
+    steps / seconds to 50 %, 70 % and 90 %: first logged ``eval/pass@1`` (100 problems, k = 4, every 5 steps)
         at or above the threshold; seconds are RL training time (evaluations excluded);
     length of correct / incorrect rollouts, KL (k3 estimate to the base, also logged when beta = 0)
         and entropy (nats per token) over steps, from metrics.jsonl.
@@ -146,17 +146,18 @@ def write(out: Path, variants: list[str], seeds: list[int], doc: Path, img: Path
         data[v] = {"dirs": runs, "rows": [read_rows(p) for p in runs],
                    "summary": [json.loads((p / "summary.json").read_text()) for p in runs]}
     lines = ["| recipe | seeds | base pass@1 (%) | final pass@1 (%) | steps to 50 % | s to 50 % | steps to 70 % | "
-             "s to 70 % | s per step | final length (tokens) | KL, last 10 steps | entropy, last 10 steps |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "s to 70 % | steps to 90 % | s to 90 % | s per step | final length (tokens) | KL, last 10 steps | "
+             "entropy, last 10 steps |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v, d in data.items():
         n = len(d["rows"])
         if not n:
-            lines.append(f"| {v} | 0 | | | | | | | | | | |")
+            lines.append(f"| {v} | 0 |" + " |" * 12)
             continue
         before = [100 * s["eval"]["before"]["pass@1"] for s in d["summary"]]
         after = [100 * s["eval"]["after"]["pass@1"] for s in d["summary"]]
         length = [s["eval"]["after"]["len_mean"] for s in d["summary"]]
-        reach = {t: [first_reach(rows, t) for rows in d["rows"]] for t in (0.5, 0.7)}
+        reach = {t: [first_reach(rows, t) for rows in d["rows"]] for t in (0.5, 0.7, 0.9)}
         per_step = [rows[-1]["time/elapsed_s"] / rows[-1]["step"] for rows in d["rows"]]
         kl = [statistics.mean(r["train/kl"] for r in rows[-10:]) for rows in d["rows"]]
         ent = [statistics.mean(r["train/entropy"] for r in rows[-10:]) for rows in d["rows"]]
@@ -164,6 +165,7 @@ def write(out: Path, variants: list[str], seeds: list[int], doc: Path, img: Path
             f"| {v} | {n} | {mean_std(before)} | **{mean_std(after)}** | "
             f"{reach_cell([x[0] for x in reach[0.5]], n)} | {reach_cell([x[1] for x in reach[0.5]], n)} | "
             f"{reach_cell([x[0] for x in reach[0.7]], n)} | {reach_cell([x[1] for x in reach[0.7]], n)} | "
+            f"{reach_cell([x[0] for x in reach[0.9]], n)} | {reach_cell([x[1] for x in reach[0.9]], n)} | "
             f"{statistics.mean(per_step):.2f} | {mean_std(length)} | "
             f"{statistics.mean(kl):.4f} | {statistics.mean(ent):.3f} |")
     per_seed = ["", "Final pass@1 (%) per seed:", "", "| recipe | " + " | ".join(f"seed {s}" for s in seeds) + " |",

@@ -2,11 +2,13 @@
 
     r1 run [RECIPE] [key=value ...]     run the main job (default recipe: configs/r1-zero-mult.yaml)
     r1 run --resume runs/<name>         continue an interrupted run
+    r1 score --task TASK FILE.jsonl     grade completions with the task's rewards (audit a verifier)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -63,6 +65,94 @@ def cmd_run(args) -> int:
     return 0
 
 
+SCORE_TASKS = ("gsm8k", "math", "aime", "amc", "multiplication", "countdown")
+_ROW = 'expected one JSON object per line with "completion" and "answer" (and optionally "prompt")'
+
+
+def _read_score_rows(path: Path) -> tuple[list[dict] | None, str]:
+    """The rows of a ``{completion, answer[, prompt]}`` jsonl file, or (None, a one-line error)."""
+    if not path.is_file():
+        return None, f"FILE {str(path)!r}: file not found ({_ROW})"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); {_ROW}"
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return None, f"{path} line {n}: not valid JSON ({exc.msg}); {_ROW}"
+        if not isinstance(row, dict):
+            return None, f"{path} line {n}: a JSON {type(row).__name__}, not an object; {_ROW}"
+        for key in ("completion", "answer"):
+            if key not in row:
+                return None, f"{path} line {n}: no field {key!r} (fields: {', '.join(row) or 'none'}); {_ROW}"
+        if not isinstance(row["completion"], str):
+            return None, f"{path} line {n}: \"completion\" is a {type(row['completion']).__name__}, expected a string"
+        rows.append(row)
+    return rows, ""
+
+
+def _score_row(task, row: dict) -> dict:
+    """``row`` with its gold as graded, every reward value, ``correct`` (true/false/null) and the reason."""
+    from r1.rewards.format import format_reward
+
+    completion = row["completion"]
+    fmt = format_reward(completion)
+    if hasattr(task, "grade"):  # math tasks: the rich outcome, the gold normalised the task's way
+        gold = task.gold(row["answer"])
+        g = task.grade(completion, gold)
+        return {**row, "gold": gold, "extracted": g.extracted, "correct": g.correct, "reason": g.reason,
+                "rewards": {"accuracy": g.reward, "format": fmt}}
+    answer = row["answer"] if isinstance(row["answer"], str) else json.dumps(row["answer"])
+    acc = task.verify(completion, answer)
+    return {**row, "correct": acc == 1.0, "reason": "correct" if acc == 1.0 else "wrong",
+            "rewards": {"accuracy": acc, "format": fmt}}
+
+
+def cmd_score(args) -> int:
+    if args.task not in SCORE_TASKS:
+        return _fail(f"--task {args.task!r}: expected one of {', '.join(SCORE_TASKS)}")
+    path = Path(args.file)
+    rows, error = _read_score_rows(path)
+    if rows is None:
+        return _fail(error)
+    out = Path(args.output) if args.output else path.with_name(path.stem + ".scored.jsonl")
+    if out.resolve() == path.resolve():
+        return _fail(f"-o {args.output!r}: the input file itself; expected another path")
+    if args.task == "multiplication":
+        from r1.tasks.multiplication import MultiplicationTask
+        task = MultiplicationTask()
+    elif args.task == "countdown":
+        from r1.tasks.countdown import CountdownTask
+        task = CountdownTask()
+    else:
+        from r1.tasks.math import MathTask
+        task = MathTask(args.task)
+    try:
+        scored = [_score_row(task, row) for row in rows]
+    except (ValueError, TypeError, KeyError) as exc:  # e.g. a countdown answer that is not [nums, target]
+        return _fail(f"{path}: an answer does not fit task {args.task}: {exc}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in scored))
+    from r1.rewards.math import REASONS
+
+    count = {reason: sum(r["reason"] == reason for r in scored) for reason in REASONS}
+    unparseable = count["no_final_answer"] + count["unfinished_thinking"] + count["unparseable_completion"]
+    graded = len(scored) - count["unparseable_gold"]
+    fmt = sum(r["rewards"]["format"] for r in scored) / max(1, len(scored))
+    print(f"scored {len(scored)} rows (task {args.task}) -> {out}")
+    print(f"correct {count['correct']}, wrong {count['wrong']}, unparseable completion {unparseable} "
+          f"(no final answer {count['no_final_answer']}, unfinished thinking {count['unfinished_thinking']}, "
+          f"not parseable {count['unparseable_completion']}), unparseable gold {count['unparseable_gold']} (skipped)")
+    print(f"accuracy {count['correct']}/{graded} = {100 * count['correct'] / max(1, graded):.1f}% "
+          f"(unparseable gold excluded); format reward mean {fmt:.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="r1", description="The DeepSeek-R1 recipe, runnable on any budget.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,8 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("items", nargs="*", metavar="[RECIPE] [key=value]",
                        help="a recipe YAML (default configs/r1-zero-mult.yaml), then overrides")
     p_run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR")
+    p_score = sub.add_parser("score", help="grade a jsonl of {completion, answer[, prompt]} rows with a task's rewards")
+    p_score.add_argument("--task", required=True, help=f"one of {', '.join(SCORE_TASKS)}")
+    p_score.add_argument("file", metavar="FILE.jsonl", help='rows {"completion": str, "answer": ...[, "prompt": str]}')
+    p_score.add_argument("-o", "--output", metavar="OUT.jsonl", help="scored rows (default: FILE.scored.jsonl)")
     args = parser.parse_args(argv)
-    return cmd_run(args)
+    return cmd_score(args) if args.command == "score" else cmd_run(args)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,10 @@ class ConfigError(ValueError):
     """A recipe or override is invalid: unknown key, wrong type or impossible value."""
 
 
+MATH_TASKS = ("gsm8k", "math", "aime", "amc")
+TASKS = ("multiplication", "countdown", *MATH_TASKS)
+
+
 @dataclass
 class RunConfig:
     """The main job: build a tokenizer and a tiny policy, pretrain a base, GRPO, evaluate."""
@@ -36,13 +40,32 @@ class RunConfig:
     threads: int = 0  # torch intra-op threads; 0 = all cores
 
     # --- task ---
-    task: str = "multiplication"  # "multiplication" or "countdown"
+    task: str = "multiplication"  # "multiplication", "countdown", or a math task: "gsm8k", "math", "aime", "amc"
+    train_file: str = ""  # math tasks: training data (jsonl/json/parquet); "" = the reference file in shared/data
+    test_file: str = ""  # math tasks: held-out evaluation data; "" = the reference test file
+    question_field: str = ""  # math tasks: field holding the question ("" = the task's default)
+    answer_field: str = ""  # math tasks: field holding the gold answer ("" = the task's default)
+    solution_field: str = ""  # math tasks: worked solution whose last \boxed{} is the gold when the answer is absent
     digits: list = field(default_factory=lambda: [2, 2])  # multiplication: digits of each factor
     countdown_nums: int = 3  # countdown: how many numbers per puzzle
     countdown_max_num: int = 100  # countdown: numbers are drawn from 1..max (TinyZero: 100)
     countdown_max_target: int = 100  # countdown: target is in 1..max
     countdown_test_file: str = ""  # optional jsonl of Countdown problems also evaluated (those that fit), e.g. cd3_test
     long_frac: float = 0.3  # share of base-corpus traces that reason step by step (the rest answer directly)
+
+    # --- policy from a local Hugging Face checkpoint (instead of the tiny model built and pretrained here) ---
+    model_path: str = ""  # local causal-LM folder (config + safetensors + tokenizer); "" = build the tiny policy
+    prompt_format: str = "auto"  # "r1_zero" (base models), "chat" (instruct), "chat_think" (R1-distill); auto = chat if the tokenizer has a template
+    system_prompt: str = ""  # chat formats: system message ("" = none, as DeepSeek recommends for R1)
+    instruction: str = ""  # appended to each question, e.g. "Please reason step by step, and put your final answer within \\boxed{}."
+    dtype: str = "float32"  # "float32", "bfloat16" or "float16" (float16 needs a GPU)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (memory for time)
+    lora_r: int = 0  # LoRA rank through peft; 0 = full fine-tuning. The reference is the base with adapters disabled
+    lora_alpha: float = 32.0  # LoRA scaling numerator (scale = alpha / r)
+    lora_dropout: float = 0.0  # LoRA dropout
+    lora_target_modules: str = "all-linear"  # peft target_modules: "all-linear" or comma-separated module names
+    logprob_chunk_size: int = 0  # positions per chunk when computing log-probabilities (0 = all at once; bounds [N, chunk, V] logits)
+    device: str = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
 
     # --- policy (a Llama-class decoder built from a config, random init) ---
     model_type: str = "llama"  # decoder class; "llama" (see models/policy.py for why not qwen2)
@@ -101,14 +124,15 @@ class RunConfig:
 
     def validate(self) -> None:
         """Check values that no type can express; raise ConfigError with one line."""
-        if self.task not in ("multiplication", "countdown"):
-            raise ConfigError(f"task={self.task!r}: expected 'multiplication' or 'countdown'")
+        if self.task not in TASKS:
+            raise ConfigError(f"task={self.task!r}: expected one of {', '.join(TASKS)}")
         if self.model_type != "llama":
             raise ConfigError(f"model_type={self.model_type!r}: expected 'llama' (see r1/models/policy.py)")
         choices = {"adv_baseline": ("mean", "loo"), "adv_scale": ("group", "batch", "none"),
                    "ratio_level": ("token", "sequence"), "kl_estimator": ("k1", "k2", "k3"),
                    "loss_aggregation": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
-                   "overlong": ("none", "mask", "soft")}
+                   "overlong": ("none", "mask", "soft"), "prompt_format": ("auto", "r1_zero", "chat", "chat_think"),
+                   "dtype": ("float32", "bfloat16", "float16"), "device": ("auto", "cpu", "cuda")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
@@ -127,7 +151,7 @@ class RunConfig:
         for key in ("countdown_max_num", "countdown_max_target"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected >= 1")
-        if self.task == "multiplication":
+        if self.task == "multiplication" and not self.model_path:
             lo1, hi1 = 10 ** (self.digits[0] - 1), 10 ** self.digits[0] - 1
             lo2, hi2 = 10 ** (self.digits[1] - 1), 10 ** self.digits[1] - 1
             pairs = (hi1 - lo1 + 1) * (hi2 - lo2 + 1)  # ordered pairs; held-out keys ignore the order
@@ -161,6 +185,26 @@ class RunConfig:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected >= 1")
         if self.base_from:
             _check_base(self)
+        if self.model_path:
+            if not (Path(self.model_path) / "config.json").is_file():
+                raise ConfigError(f"model_path={self.model_path!r}: no config.json there (expected a local Hugging Face "
+                                  "model folder with config, safetensors and tokenizer)")
+            if self.base_from:
+                raise ConfigError("base_from and model_path are both set: expected at most one source of the base model")
+        elif self.lora_r or self.dtype != "float32":
+            raise ConfigError(f"lora_r={self.lora_r}, dtype={self.dtype!r}: LoRA and dtype apply to model_path "
+                              "checkpoints; expected lora_r=0 and dtype=float32 for the tiny policy")
+        if self.task in MATH_TASKS:
+            _check_math_files(self)
+        for key in ("lora_r", "logprob_chunk_size"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}={getattr(self, key)}: expected >= 0")
+        if self.lora_r and self.ref_refresh_every:
+            raise ConfigError(f"ref_refresh_every={self.ref_refresh_every} with lora_r={self.lora_r}: the LoRA reference "
+                              "is the base with adapters disabled and cannot be refreshed; expected ref_refresh_every=0")
+        if self.lora_r and (self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1):
+            raise ConfigError(f"lora_alpha={self.lora_alpha}, lora_dropout={self.lora_dropout}: expected alpha > 0 "
+                              "and dropout in [0, 1)")
         for key in ("pretrain_steps", "rl_steps", "pretrain_warmup_steps", "threads", "eval_every"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected >= 0")
@@ -193,6 +237,15 @@ def _check_base(cfg: RunConfig) -> None:
         if saved.get(theirs) != getattr(cfg, key):
             raise ConfigError(f"base_from={cfg.base_from!r}: its {theirs}={saved.get(theirs)} but {key}="
                               f"{getattr(cfg, key)}: expected the same architecture as the recipe")
+
+
+def _check_math_files(cfg: RunConfig) -> None:
+    """Raise ConfigError unless the math task's train/test files exist (when given)."""
+    for key in ("train_file", "test_file"):
+        path = getattr(cfg, key)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{key}={path!r}: file not found (expected a jsonl, json or parquet file, relative "
+                              "to the current directory; empty = the reference file in shared/data)")
 
 
 def _check_countdown_file(path: str) -> None:

@@ -26,6 +26,7 @@ from transformers.utils import logging as hf_logging
 
 from r1.config import RunConfig, save_config
 from r1.eval.protocol import evaluate, heldout_problems
+from r1.models.hf import LoraSpec, is_lora, load_policy, load_tokenizer
 from r1.models.policy import build_policy, count_parameters
 from r1.models.tokenizer import build_tokenizer
 from r1.pretrain import pretrain
@@ -56,7 +57,24 @@ def _rl_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in (run_dir / "checkpoints").glob("step-*") if (p / "trainer_state.pt").exists())
 
 
+def _device(cfg) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+
+
+def _lora(cfg):
+    if not cfg.lora_r:
+        return None
+    targets = cfg.lora_target_modules
+    return LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                    target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")])
+
+
 def _stage_base(cfg, run_dir, tokenizer, task, heldout_keys):
+    if cfg.model_path:  # a Hugging Face checkpoint is the base: nothing to pretrain
+        base, _ = load_policy(cfg.model_path, cfg.dtype, device=_device(cfg), trainable=False)
+        console.print(f"base model: {cfg.model_path} ({base.config.model_type}, "
+                      f"{count_parameters(base) / 1e6:.1f}M parameters, {cfg.dtype}, {_device(cfg)})")
+        return base, {"model_path": str(Path(cfg.model_path).resolve()), "parameters": count_parameters(base)}
     base_dir = run_dir / "checkpoints" / "base"
     if (base_dir / "model.safetensors").exists():
         console.print(f"[dim]base model: found {base_dir}, skipping pretraining[/]")
@@ -98,7 +116,7 @@ def _stage_eval(cfg, run_dir, model, tokenizer, task, problems, when, label=""):
     result["summary"]["seconds"] = time.time() - start
     path.write_text(json.dumps(result, indent=1))
     s = result["summary"]
-    console.print(f"eval {when} RL{label}: pass@1 {100 * s['pass@1']:.1f}%, mean length {s['len_mean']:.1f} tokens, "
+    console.print(f"eval {when} RL{label}: pass@1 {100 * (s['pass@1'] or 0):.1f}%, mean length {s['len_mean']:.1f} tokens, "
                   f"reasoning {100 * s['reasoning_frac']:.0f}%, format {100 * s['format']:.0f}%")
     return s
 
@@ -133,9 +151,15 @@ def _eval_during_rl(cfg, policy, tokenizer, task, problems) -> dict:
 
 def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys, eval_problems=()):
     ckpts = _rl_checkpoints(run_dir)
-    policy = _load(ckpts[-1]) if ckpts else copy.deepcopy(base)
-    reference = base.eval().requires_grad_(False)  # frozen: KL is taken to the base (R1 Eq. 2)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    if cfg.model_path:
+        kw = dict(dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing, device=_device(cfg))
+        policy = load_policy(ckpts[-1], **kw)[0] if ckpts else load_policy(cfg.model_path, lora=_lora(cfg), **kw)[0]
+    else:
+        policy = _load(ckpts[-1]) if ckpts else copy.deepcopy(base)
+    # frozen: KL is taken to the base (R1 Eq. 2); with LoRA the base is the policy with adapters disabled
+    reference = None if is_lora(policy) else base.eval().requires_grad_(False)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     start_step, rows = 0, []
     if ckpts:
         state = torch.load(ckpts[-1] / "trainer_state.pt", weights_only=False)
@@ -179,10 +203,10 @@ def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys, eval_problems=(
                     append_jsonl(run_dir / "samples" / f"step-{step + 1:06d}.jsonl", samples)
                 rate = (step + 1 - start_step) / max(1e-9, time.time() - began)
                 bar.update(t, advance=1, rate=f"{rate:.2f} steps/s",
-                           info=f"acc {row['reward/accuracy']:.2f} len {row['rollout/len_mean']:.0f}")
+                           info=f"acc {row['reward/accuracy'] or 0:.2f} len {row['rollout/len_mean']:.0f}")
                 if (step + 1) % cfg.log_every == 0:
                     bar.console.print(
-                        f"step {step + 1:4d} | reward {row['reward/mean']:.3f} | acc {row['reward/accuracy']:.3f} | "
+                        f"step {step + 1:4d} | reward {row['reward/mean'] or 0:.3f} | acc {row['reward/accuracy'] or 0:.3f} | "
                         f"format {row['reward/format']:.2f} | len {row['rollout/len_mean']:.1f} | "
                         f"reasoning {row['rollout/reasoning_frac']:.2f} | kl {row['train/kl']:.4f} | "
                         f"gen {row['time/generate_s']:.2f}s upd {row['time/update_s']:.2f}s")
@@ -223,7 +247,7 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
     console.print(f"batch: {cfg.prompts_per_step} prompts x G={cfg.group_size} = "
                   f"{cfg.prompts_per_step * cfg.group_size} completions per GRPO step, up to {cfg.max_new_tokens} "
                   f"tokens each; {cfg.rl_steps} steps; eval {cfg.eval_problems} problems x k={cfg.eval_k}")
-    tokenizer = build_tokenizer()
+    tokenizer = load_tokenizer(cfg.model_path) if cfg.model_path else build_tokenizer()
     task = make_task(cfg)
     eval_sets = _eval_sets(cfg, task)
     heldout_keys = {p.key for problems in eval_sets.values() for p in problems}  # never trained on

@@ -11,13 +11,19 @@ import random
 
 import torch
 
-from r1.models.tokenizer import prompt_text
+from r1.models.prompts import grading_text, prompt_for
 from r1.rl.trainer import score
 from r1.rollout.engine import generate_rollouts
 
 
 def heldout_problems(task, n: int, seed: int) -> list:
-    """``n`` distinct problems drawn with a fixed seed; training excludes their keys."""
+    """``n`` distinct problems drawn with a fixed seed; training excludes their keys.
+
+    A task read from files (``task.test_problems``, the math tasks) gives its first ``n`` test problems
+    in file order instead.
+    """
+    if getattr(task, "test_problems", None):
+        return list(task.test_problems[:n])
     rng = random.Random(f"{seed}/heldout")
     seen, problems = set(), []
     for _ in range(100 * n):
@@ -46,31 +52,35 @@ def evaluate(model, tokenizer, task, problems: list, cfg, progress=None) -> dict
     texts, lengths, truncated = [], [], []
     for start in range(0, len(problems), per_chunk):
         chunk = problems[start:start + per_chunk]
-        batch = _sample(model, tokenizer, chunk, k, cfg)
-        texts += batch.texts
+        rendered = [prompt_for(tokenizer, p.question, cfg) for p in chunk]
+        batch = generate_rollouts(model, tokenizer, [r.text for r in rendered], k, cfg.max_new_tokens,
+                                  cfg.eval_temperature, cfg.eval_top_p, batch_size=cfg.eval_batch_size)
+        texts += [grading_text(rendered[i // k], t) for i, t in enumerate(batch.texts)]
         lengths += batch.lengths.tolist()
         truncated += batch.truncated.tolist()
         if progress is not None:
             progress(len(texts))
     answers = [p.answer for p in problems for _ in range(k)]
     scores = score(task, texts, answers, cfg.format_weight)
-    correct = scores.accuracy.view(-1, k)  # [n, k]
+    correct = scores.accuracy.view(-1, k)  # [n, k]; NaN where the gold answer is unparseable
     records = []
     for i, p in enumerate(problems):
         records.append({"question": p.question, "answer": p.answer, "samples": [
-            {"completion": texts[i * k + j], "correct": bool(correct[i, j]), "format": scores.format[i * k + j].item(),
+            {"completion": texts[i * k + j], "correct": _correct(correct[i, j]), "format": scores.format[i * k + j].item(),
              "reasons": bool(scores.reasons[i * k + j]), "length": lengths[i * k + j],
              "truncated": truncated[i * k + j]} for j in range(k)]})
     lens = torch.tensor(lengths, dtype=torch.float)
     ok = scores.accuracy > 0
     reasons = scores.reasons > 0
+    valid = ~correct[:, 0].isnan()  # problems whose gold answer parses
     summary = {
-        "pass@1": correct.mean().item(),
+        "pass@1": correct[valid].mean().item() if valid.any() else None,
+        "unparseable_gold": int((~valid).sum().item()),
         "len_mean": lens.mean().item(),
         "len_correct": lens[ok].mean().item() if ok.any() else None,
         "reasoning_frac": scores.reasons.mean().item(),
-        "acc_reasoning": scores.accuracy[reasons].mean().item() if reasons.any() else None,
-        "acc_direct": scores.accuracy[~reasons].mean().item() if (~reasons).any() else None,
+        "acc_reasoning": _nanmean(scores.accuracy[reasons]),
+        "acc_direct": _nanmean(scores.accuracy[~reasons]),
         "format": scores.format.mean().item(),
         "truncated_frac": sum(truncated) / len(truncated),
         "problems": len(problems),
@@ -81,7 +91,11 @@ def evaluate(model, tokenizer, task, problems: list, cfg, progress=None) -> dict
     return {"summary": summary, "problems": records}
 
 
-def _sample(model, tokenizer, problems, k, cfg):
-    prompts = [prompt_text(tokenizer, p.question) for p in problems]
-    return generate_rollouts(model, tokenizer, prompts, k, cfg.max_new_tokens, cfg.eval_temperature,
-                             cfg.eval_top_p, batch_size=cfg.eval_batch_size)
+def _correct(value: torch.Tensor) -> bool | None:
+    """True / False, or None when the gold answer is unparseable (NaN accuracy)."""
+    return None if value.isnan() else bool(value > 0)
+
+
+def _nanmean(x: torch.Tensor) -> float | None:
+    ok = ~x.isnan()
+    return x[ok].mean().item() if ok.any() else None

@@ -3,30 +3,107 @@
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 
 def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
                    completion_mask: torch.Tensor, temperature: float = 1.0,
-                   entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   entropy_grad: bool = False, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities and entropies of the completion tokens, at the sampling temperature.
 
     Position ids follow the attention mask, as ``generate`` assigns them to
     left-padded prompts, so the forward pass sees what the sampler saw.
 
+    With ``chunk_size`` the decoder runs once for the hidden states and the output head, softmax,
+    gather and entropy run on ``chunk_size`` completion positions at a time, each chunk
+    recomputed in the backward pass (activation checkpointing), so at most [N, chunk_size, V]
+    float32 logits exist at once instead of [N, L, V] (at V = 152k, N = 64, L = 1024: 40 GB).
+    The result equals the unchunked one, gradients included.
+
     Args:
         prompt_ids, prompt_mask: [N, P] left-padded prompts.
         completion_ids, completion_mask: [N, L] completions (mask 1 up to and including EOS).
         temperature: logits are divided by it before the softmax.
+        entropy_grad: keep the entropy in the autograd graph (for an entropy bonus).
+        chunk_size: completion positions per chunk; 0 or None = all at once.
     Returns:
-        logp [N, L] (with grad if the model has it) and entropy [N, L] (detached), in nats.
+        logp [N, L] (with grad if the model has it) and entropy [N, L] (detached unless
+        ``entropy_grad``), in nats.
     """
     input_ids = torch.cat([prompt_ids, completion_ids], 1)  # [N, P+L]
     attention = torch.cat([prompt_mask, completion_mask.long()], 1)  # [N, P+L]
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids).logits
-    logits = logits[:, prompt_ids.shape[1] - 1:-1].float() / temperature  # [N, L, V]
-    logp_all = torch.log_softmax(logits, -1)
-    logp = logp_all.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)  # [N, L]
-    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-        entropy = -(logp_all.exp() * logp_all).sum(-1)  # [N, L]
+    want_entropy_grad = entropy_grad and torch.is_grad_enabled()
+    if not chunk_size:
+        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                       use_cache=False).logits
+        logits = logits[:, prompt_ids.shape[1] - 1:-1]  # [N, L, V]
+        return _head_logprobs(logits, completion_ids, temperature, want_entropy_grad)
+    hidden = _decoder(model)(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                             use_cache=False).last_hidden_state
+    hidden = hidden[:, prompt_ids.shape[1] - 1:-1]  # [N, L, H]: the states that predict each completion token
+    head = model.get_output_embeddings()
+
+    def chunk(h, ids):  # h [N, c, H], ids [N, c] -> logp, entropy [N, c]
+        return _head_logprobs(head(h), ids, temperature, want_entropy_grad)
+
+    logps, entropies = [], []
+    for s in range(0, completion_ids.shape[1], chunk_size):
+        h, ids = hidden[:, s:s + chunk_size], completion_ids[:, s:s + chunk_size]
+        if torch.is_grad_enabled() and h.requires_grad:
+            lp, ent = checkpoint(chunk, h, ids, use_reentrant=False)
+        else:
+            lp, ent = chunk(h, ids)
+        logps.append(lp)
+        entropies.append(ent)
+    return torch.cat(logps, 1), torch.cat(entropies, 1)
+
+
+def _head_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float,
+                   entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """logp and entropy [N, c] of ``ids`` [N, c] from ``logits`` [N, c, V], in float32."""
+    logp_all = torch.log_softmax(logits.float() / temperature, -1)  # [N, c, V]
+    logp = logp_all.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # [N, c]
+    with torch.set_grad_enabled(entropy_grad):
+        entropy = -(logp_all.exp() * logp_all).sum(-1)  # [N, c]
     return logp, entropy
+
+
+def _decoder(model):
+    """The decoder stack under the output head (``model.model`` in every family here), through a
+    peft wrapper too; its adapters stay active or disabled as the wrapper says."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if decoder is None or decoder is model:
+        raise ValueError(f"chunked log-probabilities: {type(model).__name__} exposes no decoder "
+                         "(get_decoder); use chunk_size=0")
+    if getattr(getattr(model, "config", None), "final_logit_softcapping", None):
+        raise ValueError("chunked log-probabilities: logit soft-capping is not applied here; use chunk_size=0")
+    return decoder
+
+
+def reference_logprobs(policy, reference, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                       completion_ids: torch.Tensor, completion_mask: torch.Tensor, temperature: float = 1.0,
+                       chunk_size: int | None = None) -> torch.Tensor:
+    """[N, L] log-probabilities of the completions under the reference model, without gradients.
+
+    ``reference=None`` with a LoRA (peft) policy: the reference is the policy's own base weights,
+    its adapters switched off for this forward (``PeftModel.disable_adapter``) and in eval mode,
+    so no second copy of the model is held.
+
+    Raises:
+        ValueError: ``reference`` is None and the policy has no adapters to disable.
+    """
+    args = (prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)
+    with torch.no_grad():
+        if reference is not None:
+            return token_logprobs(reference, *args, chunk_size=chunk_size)[0]
+        if not hasattr(policy, "disable_adapter"):
+            raise ValueError("reference=None needs a LoRA (peft) policy whose adapters can be disabled; "
+                             "pass a reference model")
+        was_training = policy.training
+        policy.eval()
+        try:
+            with policy.disable_adapter():
+                return token_logprobs(policy, *args, chunk_size=chunk_size)[0]
+        finally:
+            policy.train(was_training)

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 
-from r1.models.tokenizer import prompt_text
+from r1.models.hf import save_policy
+from r1.models.prompts import grading_text, prompt_for
 from r1.pretrain import sample_train_problem
 from r1.rewards.format import format_reward
 from r1.rewards.length import soft_overlong_penalty
 from r1.rl.grpo import group_advantages, grpo_loss
-from r1.rl.logprobs import token_logprobs
+from r1.rl.logprobs import reference_logprobs, token_logprobs
 from r1.rollout.engine import RolloutBatch, concat_rollouts, generate_rollouts
 
 
@@ -48,22 +49,27 @@ def score(task, texts: list[str], answers: list[str], format_weight: float) -> S
 
 
 def policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages: torch.Tensor, cfg) -> dict:
-    """``num_iterations`` optimizer steps on one rollout batch; returns detached statistics."""
+    """``num_iterations`` optimizer steps on one rollout batch; returns detached statistics.
+
+    ``reference=None`` with a LoRA policy: the reference is the policy with its adapters disabled
+    (``reference_logprobs``). ``cfg.logprob_chunk_size`` (0 = off) bounds
+    the logits held at once to [N, chunk, V].
+    """
     args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask, cfg.temperature)
+    chunk = cfg.logprob_chunk_size
     loss_mask = batch.completion_mask  # [N, L]
     if cfg.overlong == "mask":  # DAPO overlong filtering: truncated completions teach nothing
         loss_mask = loss_mask * (~batch.truncated).float().unsqueeze(-1)
     ref_logp = None
     if cfg.beta > 0:  # no reference forward at all when beta = 0
-        with torch.no_grad():
-            ref_logp, _ = token_logprobs(reference, *args)
+        ref_logp = reference_logprobs(policy, reference, *args, chunk_size=chunk)
     old_logp = None
     if cfg.num_iterations > 1:  # computed once per rollout batch (GRPO Algorithm 1, DeepSeekMath)
         with torch.no_grad():
-            old_logp, _ = token_logprobs(policy, *args)
+            old_logp, _ = token_logprobs(policy, *args, chunk_size=chunk)
     stats, sampler_dev = {}, None
     for it in range(cfg.num_iterations):
-        logp, entropy = token_logprobs(policy, *args, entropy_grad=cfg.entropy_coef > 0)
+        logp, entropy = token_logprobs(policy, *args, entropy_grad=cfg.entropy_coef > 0, chunk_size=chunk)
         if it == 0 and batch.sampler_logp is not None:  # trainer vs sampler: ~1e-6 unless something is off
             dev = ((logp.detach() - batch.sampler_logp).exp() - 1).abs() * batch.completion_mask
             sampler_dev = dev.max().item()
@@ -86,12 +92,14 @@ def policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages:
 def _rollout_round(rng, policy, tokenizer, task, heldout, cfg):
     """Draw B prompts, sample G completions each, score them: (prompts, answers, batch, scores, seconds)."""
     problems = [sample_train_problem(task, rng, heldout) for _ in range(cfg.prompts_per_step)]
-    prompts = [prompt_text(tokenizer, p.question) for p in problems]
+    rendered = [prompt_for(tokenizer, p.question, cfg) for p in problems]
+    prompts = [r.text for r in rendered]
     answers = [p.answer for p in problems for _ in range(cfg.group_size)]
     t0 = time.perf_counter()
     batch = generate_rollouts(policy, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
     t1 = time.perf_counter()
-    scores = score(task, batch.texts, answers, cfg.format_weight)
+    graded = [grading_text(rendered[i // cfg.group_size], t) for i, t in enumerate(batch.texts)]
+    scores = score(task, graded, answers, cfg.format_weight)
     if cfg.overlong == "soft":
         scores.total = scores.total + soft_overlong_penalty(batch.lengths, cfg.max_new_tokens, cfg.overlong_cache)
     return prompts, answers, batch, scores, (t1 - t0, time.perf_counter() - t1)
@@ -153,12 +161,13 @@ def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: s
     update_s = time.perf_counter() - t_update
 
     lengths = batch.lengths
-    correct = scores.accuracy > 0
+    correct = scores.accuracy > 0  # NaN (unparseable gold) is not correct
     zero_std = (scores.total.view(-1, G).std(-1) == 0).float().mean().item()
     row = {
         "step": step + 1,
-        "reward/mean": scores.total.mean().item(),
-        "reward/accuracy": scores.accuracy.mean().item(),
+        "reward/mean": _nanmean(scores.total),
+        "reward/accuracy": _nanmean(scores.accuracy),
+        "reward/unparseable_gold": int(scores.accuracy.isnan().sum().item()),
         "reward/format": scores.format.mean().item(),
         "rollout/len_mean": lengths.mean().item(),
         "rollout/len_correct": lengths[correct].mean().item() if correct.any() else None,
@@ -187,12 +196,17 @@ def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: s
     return row, samples
 
 
+def _nanmean(x: torch.Tensor) -> float | None:
+    """Mean over the finite entries (None when there is none)."""
+    ok = ~x.isnan()
+    return x[ok].mean().item() if ok.any() else None
+
+
 def save_checkpoint(path: Path, policy, tokenizer, optimizer, step: int, reference=None) -> None:
     """``save_pretrained`` (safetensors) + tokenizer + ``trainer_state.pt`` (optimizer, step and,
     when given, the reference model's weights: a refreshed reference is not the base)."""
     tmp = path.with_name(path.name + ".tmp")
-    policy.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    save_policy(policy, tokenizer, tmp)  # LoRA: the adapters, with the base's absolute path
     state = {"step": step, "optimizer": optimizer.state_dict()}
     if reference is not None:
         state["reference"] = reference.state_dict()

@@ -6,10 +6,12 @@ tokens (right-padded after the end-of-sequence token).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 
 @dataclass
@@ -53,59 +55,129 @@ def concat_rollouts(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
         None if any(x is None for x in logps) else torch.cat([right(x, 0.0) for x in logps]))
 
 
-def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask of tokens up to and including the first EOS, and the truncation flags.
+def completion_mask(completion_ids: torch.Tensor, eos_id: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask of tokens up to and including the first end-of-sequence token, and the truncation flags.
+
+    Any id in ``eos_id`` ends a completion (Qwen: ``<|im_end|>`` and ``<|endoftext|>``; Llama 3:
+    ``<|eot_id|>``, ``<|eom_id|>``, ``<|end_of_text|>``). The first one stays in the mask, a target
+    like any other token, also when the pad id is an EOS id: padding is what follows it.
 
     Args:
         completion_ids: [N, L] sampled token ids.
+        eos_id: one id or several.
     Returns:
         mask [N, L] float (1 up to and including the first EOS), truncated [N] bool
         (no EOS anywhere in the row).
     """
-    is_eos = completion_ids == eos_id  # [N, L]
+    ids = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), dtype=torch.long,
+                       device=completion_ids.device)
+    is_eos = torch.isin(completion_ids, ids)  # [N, L]
     # Tokens strictly after the first EOS are those with at least one EOS before them.
     after = (is_eos.cumsum(-1) - is_eos.long()) > 0
     return (~after).float(), ~is_eos.any(-1)
 
 
+def eos_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a completion: the tokenizer's EOS and ``generation_config.eos_token_id``
+    (an int or a list; instruct checkpoints list the end-of-turn token and the end-of-text token)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for i in ([gen] if isinstance(gen, int) else list(gen or [])):
+        if i not in ids:
+            ids.append(i)
+    return ids
+
+
+class _SamplerLogp(LogitsProcessor):
+    """Records log p(sampled token) at the sampling temperature, one step at a time.
+
+    ``generate`` calls it with the raw next-token scores before any warper (temperature, top-p),
+    and shows which token was drawn only at the next call, so one step of log-probabilities
+    ([n, V]) is kept instead of every step's logits ([n, L, V]; 0.6 GB per 1k tokens and sequence
+    at a 150k vocabulary).
+    """
+
+    def __init__(self, temperature: float):
+        self.temperature, self.last, self.steps = temperature, None, []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.last is not None:
+            self.steps.append(self.last.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.last = torch.log_softmax(scores.float() / self.temperature, -1)  # [n, V]
+        return scores
+
+    def result(self, ids: torch.Tensor) -> torch.Tensor:
+        """[n, l] log-probabilities of ``ids`` [n, l], the tokens generate returned."""
+        if ids.shape[1] == 0:
+            return ids.float()
+        steps = self.steps + [self.last.gather(-1, ids[:, -1:]).squeeze(-1)]
+        return torch.stack(steps, 1)
+
+
+@contextmanager
+def _bare_generation_config(model):
+    """Sampling follows the policy alone: the checkpoint's generation_config.json (top_k=20,
+    repetition_penalty=1.05 in Qwen2.5-Instruct, ...) is set aside while sampling, since
+    transformers 5 fills every field we leave unset from it, and a penalty or truncation would make
+    the sampler differ from the policy the loss assumes."""
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = hf.generation_config
+    hf.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        hf.generation_config = saved
+
+
 @torch.no_grad()
 def generate_rollouts(model, tokenizer, prompts: list[str], num_samples: int, max_new_tokens: int,
-                      temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 512) -> RolloutBatch:
+                      temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 512,
+                      eos_token_id: int | Sequence[int] | None = None) -> RolloutBatch:
     """Sample ``num_samples`` completions for each prompt (full sampling, no top-k).
 
     Args:
-        prompts: B prompt strings, already rendered with the chat template.
+        prompts: B prompt strings, already rendered (``r1.models.prompts.render_prompt``: the BOS is
+            in the text; they are tokenised without adding special tokens).
         num_samples: G completions per prompt; rows are grouped prompt-major
             (rows ``i*G .. i*G+G-1`` belong to prompt ``i``).
         max_new_tokens: completion limit in tokens.
         batch_size: sequences sampled at once (memory bound).
+        eos_token_id: ids that end a completion; None = :func:`eos_ids` (the tokenizer's EOS and the
+            model's ``generation_config.eos_token_id``).
     Randomness comes from torch's global generator: seed it before calling.
     """
+    stop = eos_ids(model, tokenizer) if eos_token_id is None else \
+        ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+    pad_id = tokenizer.pad_token_id
     was_training = model.training
     model.eval()
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    prompt_ids = enc.input_ids.repeat_interleave(num_samples, 0)  # [N, P]
-    prompt_mask = enc.attention_mask.repeat_interleave(num_samples, 0)  # [N, P]
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
+    device = next(model.parameters()).device
+    prompt_ids = enc.input_ids.repeat_interleave(num_samples, 0).to(device)  # [N, P]
+    prompt_mask = enc.attention_mask.repeat_interleave(num_samples, 0).to(device)  # [N, P]
     gen_cfg = GenerationConfig(
         do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-        return_dict_in_generate=True, output_logits=True)
+        pad_token_id=pad_id, eos_token_id=stop, bos_token_id=None)
     chunks, chunk_logp = [], []
-    for start in range(0, len(prompt_ids), batch_size):
-        out = model.generate(input_ids=prompt_ids[start:start + batch_size],
-                             attention_mask=prompt_mask[start:start + batch_size], generation_config=gen_cfg)
-        ids = out.sequences[:, prompt_ids.shape[1]:]  # [n, l]
-        logits = torch.stack(out.logits, 1).float() / temperature  # [n, l, V] raw logits at the temperature
-        chunks.append(ids)
-        chunk_logp.append(torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1))
+    with _bare_generation_config(model):
+        for start in range(0, len(prompt_ids), batch_size):
+            recorder = _SamplerLogp(temperature)
+            out = model.generate(input_ids=prompt_ids[start:start + batch_size],
+                                 attention_mask=prompt_mask[start:start + batch_size], generation_config=gen_cfg,
+                                 logits_processor=LogitsProcessorList([recorder]))
+            ids = out[:, prompt_ids.shape[1]:]  # [n, l]
+            chunks.append(ids)
+            chunk_logp.append(recorder.result(ids))
     width = max(c.shape[1] for c in chunks)
     pad = lambda t, v: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v)  # noqa: E731
-    completion_ids = torch.cat([pad(c, tokenizer.pad_token_id) for c in chunks])
+    completion_ids = torch.cat([pad(c, pad_id) for c in chunks])
     sampler_logp = torch.cat([pad(c, 0.0) for c in chunk_logp])
-    mask, truncated = completion_mask(completion_ids, tokenizer.eos_token_id)
-    completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
+    mask, truncated = completion_mask(completion_ids, stop)
+    completion_ids = completion_ids.masked_fill(mask == 0, pad_id)
     sampler_logp = sampler_logp * mask
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=False)
-    texts = [t.replace(tokenizer.pad_token, "").replace(tokenizer.eos_token, "") for t in texts]
+    # Texts: the completion tokens before the EOS (special tokens the model wrote stay visible).
+    keep = (mask > 0) & ~torch.isin(completion_ids, torch.tensor(stop + [pad_id], dtype=torch.long, device=device))
+    texts = tokenizer.batch_decode([row[k].tolist() for row, k in zip(completion_ids, keep)],
+                                   skip_special_tokens=False)
     model.train(was_training)
     return RolloutBatch(prompt_ids, prompt_mask, completion_ids, mask, truncated, texts, sampler_logp)
