@@ -78,10 +78,16 @@ def write_report(run_dir: Path, cfg, extra: dict | None = None) -> Path:
     for path in sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").exists() else []:
         evals[path.stem] = json.loads(path.read_text())
     extra = extra or {}
-    lines = [f"# Run `{run_dir.name}`: R1-Zero on {cfg.task}, from scratch", ""]
     pre = extra.get("pretrain") or {}
+    if cfg.model_path:
+        lines = [f"# Run `{run_dir.name}`: R1-Zero on {cfg.task}, from `{cfg.model_path}`", "",
+                 f"The base model is the checkpoint at `{cfg.model_path}` ({cfg.dtype}"
+                 f"{f', LoRA r = {cfg.lora_r}' if cfg.lora_r else ''}), prompted in the `{cfg.prompt_format}` format; "
+                 f"held-out problems are the first {cfg.eval_problems} of the task's test file.", ""]
+    else:
+        lines = [f"# Run `{run_dir.name}`: R1-Zero on {cfg.task}, from scratch", ""]
     how_long = f"for {pre['steps']} steps ({pre['seconds'] / 60:.1f} min)" if pre.get("seconds") else "briefly"
-    lines += [
+    lines += [] if cfg.model_path else [
         f"The base model is a tiny Llama-class decoder pretrained {how_long} on a generated corpus in the "
         "R1-Zero template: it stands in for R1-Zero's pretrained base. A share of that corpus "
         f"({100 * cfg.long_frac:.0f}%) reasons step by step inside `<think>`; the rest answers directly. "
@@ -99,7 +105,7 @@ def write_report(run_dir: Path, cfg, extra: dict | None = None) -> Path:
         when, _, label = name.partition("-")
         s = evals[name]["summary"]
         model = "base (before RL)" if when == "before" else "after GRPO"
-        lines.append(f"| {label or 'generated held-out'}, {s['problems']} | {model} | {_fmt(s['pass@1'], True)} | "
+        lines.append(f"| {label or ('test file' if cfg.model_path else 'generated held-out')}, {s['problems']} | {model} | {_fmt(s['pass@1'], True)} | "
                      f"{_fmt(s['len_mean'])} | {_fmt(s['reasoning_frac'], True)} | "
                      f"{_fmt(s.get('acc_reasoning'), True)} | {_fmt(s.get('acc_direct'), True)} | "
                      f"{_fmt(s['format'], True)} | {_fmt(s['truncated_frac'], True)} |")
