@@ -116,6 +116,16 @@ def first_reach(rows: list[dict], threshold: float):
     return None, None
 
 
+def first_rollout_reach(rows: list[dict], threshold: float, width: int = 5):
+    """First step whose ``width``-step running mean of rollout accuracy (T = 1) is >= threshold, or None."""
+    acc = [r["reward/accuracy"] for r in rows]
+    for i in range(len(rows)):
+        window = acc[max(0, i - width + 1):i + 1]
+        if sum(window) / len(window) >= threshold:
+            return rows[i]["step"]
+    return None
+
+
 def reach_cell(values: list, n: int) -> str:
     got = [v for v in values if v is not None]
     if not got:
@@ -146,19 +156,22 @@ def write(out: Path, variants: list[str], seeds: list[int], doc: Path, img: Path
         data[v] = {"dirs": runs, "rows": [read_rows(p) for p in runs],
                    "summary": [json.loads((p / "summary.json").read_text()) for p in runs]}
     lines = ["| recipe | seeds | base pass@1 (%) | final pass@1 (%) | steps to 50 % | s to 50 % | steps to 70 % | "
-             "s to 70 % | steps to 90 % | s to 90 % | s per step | final length (tokens) | KL, last 10 steps | "
-             "entropy, last 10 steps |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "s to 70 % | steps to 90 % | s to 90 % | steps to 90 % rollout acc. | s per step | final length (tokens) | "
+             "KL, last 10 steps | entropy, last 10 steps |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v, d in data.items():
         n = len(d["rows"])
         if not n:
-            lines.append(f"| {v} | 0 |" + " |" * 12)
+            lines.append(f"| {v} | 0 |" + " |" * 13)
             continue
         before = [100 * s["eval"]["before"]["pass@1"] for s in d["summary"]]
         after = [100 * s["eval"]["after"]["pass@1"] for s in d["summary"]]
         length = [s["eval"]["after"]["len_mean"] for s in d["summary"]]
         reach = {t: [first_reach(rows, t) for rows in d["rows"]] for t in (0.5, 0.7, 0.9)}
         per_step = [rows[-1]["time/elapsed_s"] / rows[-1]["step"] for rows in d["rows"]]
+        dynamic = "dynamic_sampling: true" in (d["dirs"][0] / "config.yaml").read_text()
+        rollout_cell = "n/a (kept groups only)" if dynamic else \
+            reach_cell([first_rollout_reach(rows, 0.9) for rows in d["rows"]], n)
         kl = [statistics.mean(r["train/kl"] for r in rows[-10:]) for rows in d["rows"]]
         ent = [statistics.mean(r["train/entropy"] for r in rows[-10:]) for rows in d["rows"]]
         lines.append(
@@ -166,6 +179,7 @@ def write(out: Path, variants: list[str], seeds: list[int], doc: Path, img: Path
             f"{reach_cell([x[0] for x in reach[0.5]], n)} | {reach_cell([x[1] for x in reach[0.5]], n)} | "
             f"{reach_cell([x[0] for x in reach[0.7]], n)} | {reach_cell([x[1] for x in reach[0.7]], n)} | "
             f"{reach_cell([x[0] for x in reach[0.9]], n)} | {reach_cell([x[1] for x in reach[0.9]], n)} | "
+            f"{rollout_cell} | "
             f"{statistics.mean(per_step):.2f} | {mean_std(length)} | "
             f"{statistics.mean(kl):.4f} | {statistics.mean(ent):.3f} |")
     per_seed = ["", "Final pass@1 (%) per seed:", "", "| recipe | " + " | ".join(f"seed {s}" for s in seeds) + " |",

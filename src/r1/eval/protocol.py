@@ -12,6 +12,8 @@ import random
 import torch
 
 from r1.models.prompts import grading_text, prompt_for
+from r1.rewards.format import extract_answer
+from r1.rewards.math import final_answer
 from r1.rl.trainer import score
 from r1.rollout.engine import generate_rollouts
 
@@ -36,15 +38,20 @@ def heldout_problems(task, n: int, seed: int) -> list:
     return problems
 
 
-def evaluate(model, tokenizer, task, problems: list, cfg, progress=None) -> dict:
+def evaluate(model, tokenizer, task, problems: list, cfg, progress=None, on_chunk=None) -> dict:
     """pass@1 over ``cfg.eval_k`` samples per problem, mean length, format and reasoning shares.
+
+    Sampling is seeded here (``cfg.seed``), so one call gives the same completions whatever ran before it.
+    ``cfg.eval_batch_size`` fixes how problems are chunked, which is part of the random stream.
 
     Args:
         problems: held-out problems.
         progress: optional callable ``(n_done)`` advanced by completions sampled.
+        on_chunk: optional callable ``(n_done, tokens_done)`` after each sampled chunk (tokens incl. EOS).
     Returns:
-        ``{"summary": {...}, "problems": [{question, answer, samples: [{completion, correct, ...}]}]}``;
-        lengths are in tokens (EOS included).
+        ``{"summary": {...}, "problems": [{question, answer, samples: [{completion, extracted, correct, ...}]}]}``;
+        lengths are in tokens (EOS included); ``extracted`` is the final answer the task grades
+        (:func:`extracted_answer`), None when there is none.
     """
     k = cfg.eval_k
     per_chunk = max(1, cfg.eval_batch_size // k)
@@ -60,13 +67,16 @@ def evaluate(model, tokenizer, task, problems: list, cfg, progress=None) -> dict
         truncated += batch.truncated.tolist()
         if progress is not None:
             progress(len(texts))
+        if on_chunk is not None:
+            on_chunk(len(texts), int(sum(lengths)))
     answers = [p.answer for p in problems for _ in range(k)]
     scores = score(task, texts, answers, cfg.format_weight)
     correct = scores.accuracy.view(-1, k)  # [n, k]; NaN where the gold answer is unparseable
     records = []
     for i, p in enumerate(problems):
         records.append({"question": p.question, "answer": p.answer, "samples": [
-            {"completion": texts[i * k + j], "correct": _correct(correct[i, j]), "format": scores.format[i * k + j].item(),
+            {"completion": texts[i * k + j], "extracted": extracted_answer(task, texts[i * k + j]),
+             "correct": _correct(correct[i, j]), "format": scores.format[i * k + j].item(),
              "reasons": bool(scores.reasons[i * k + j]), "length": lengths[i * k + j],
              "truncated": truncated[i * k + j]} for j in range(k)]})
     lens = torch.tensor(lengths, dtype=torch.float)
@@ -89,6 +99,19 @@ def evaluate(model, tokenizer, task, problems: list, cfg, progress=None) -> dict
         "top_p": cfg.eval_top_p,
     }
     return {"summary": summary, "problems": records}
+
+
+def extracted_answer(task, completion: str) -> str | None:
+    """The final answer ``task`` grades in ``completion``, with the task's own extraction; None if there is none.
+
+    Math tasks: :func:`r1.rewards.math.final_answer` (last box after ``</think>``, else ``<answer>``, else
+    ``####`` for GSM8K). Multiplication and Countdown: :func:`r1.rewards.format.extract_answer`.
+    """
+    from r1.tasks.math import MathTask
+
+    if isinstance(task, MathTask):
+        return final_answer(completion, hash_marker=task.name == "gsm8k")[0]
+    return extract_answer(completion)
 
 
 def _correct(value: torch.Tensor) -> bool | None:
