@@ -13,8 +13,8 @@ Figures per variant (mean ± sample std over seeds):
     final pass@1: the main job's after-RL evaluation (200 held-out problems, k = 8, T = 0.6, top-p 0.95);
     steps / seconds to 50 %, 70 % and 90 %: first logged ``eval/pass@1`` (100 problems, k = 4, every 5 steps)
         at or above the threshold; seconds are RL training time (evaluations excluded);
-    length of correct / incorrect rollouts, KL (k3 estimate to the base, also logged when beta = 0)
-        and entropy (nats per token) over steps, from metrics.jsonl.
+    length of correct / incorrect rollouts, KL (k3 estimate to the base; not computed when beta = 0,
+        as no reference forward runs then) and entropy (nats per token) over steps, from metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -169,7 +169,9 @@ def write(out: Path, variants: list[str], seeds: list[int], doc: Path, img: Path
         length = [s["eval"]["after"]["len_mean"] for s in d["summary"]]
         reach = {t: [first_reach(rows, t) for rows in d["rows"]] for t in (0.5, 0.7, 0.9)}
         per_step = [rows[-1]["time/elapsed_s"] / rows[-1]["step"] for rows in d["rows"]]
-        dynamic = "dynamic_sampling: true" in (d["dirs"][0] / "config.yaml").read_text()
+        recipe = (d["dirs"][0] / "config.yaml").read_text()
+        dynamic = "dynamic_sampling: true" in recipe
+        no_kl = "\nbeta: 0.0\n" in recipe
         rollout_cell = "n/a (kept groups only)" if dynamic else \
             reach_cell([first_rollout_reach(rows, 0.9) for rows in d["rows"]], n)
         kl = [statistics.mean(r["train/kl"] for r in rows[-10:]) for rows in d["rows"]]
@@ -181,7 +183,7 @@ def write(out: Path, variants: list[str], seeds: list[int], doc: Path, img: Path
             f"{reach_cell([x[0] for x in reach[0.9]], n)} | {reach_cell([x[1] for x in reach[0.9]], n)} | "
             f"{rollout_cell} | "
             f"{statistics.mean(per_step):.2f} | {mean_std(length)} | "
-            f"{statistics.mean(kl):.4f} | {statistics.mean(ent):.3f} |")
+            f"{'n/a (beta = 0)' if no_kl else f'{statistics.mean(kl):.4f}'} | {statistics.mean(ent):.3f} |")
     per_seed = ["", "Final pass@1 (%) per seed:", "", "| recipe | " + " | ".join(f"seed {s}" for s in seeds) + " |",
                 "|---|" + "---|" * len(seeds)]
     for v, d in data.items():
@@ -195,7 +197,7 @@ def write(out: Path, variants: list[str], seeds: list[int], doc: Path, img: Path
     for key, label, name, width in plots:
         fig, ax = plt.subplots(figsize=(7, 4))
         for v, d in data.items():
-            if d["rows"]:
+            if d["rows"] and not (key == "train/kl" and "\nbeta: 0.0\n" in (d["dirs"][0] / "config.yaml").read_text()):
                 x, y = curve(d["rows"], key, width)
                 ax.plot(x, y, label=v)
         ax.set(xlabel="RL step", ylabel=label, title=f"{label}: mean over seeds" +

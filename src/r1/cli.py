@@ -3,6 +3,9 @@
     r1 run [RECIPE] [key=value ...]     run the main job (default recipe: configs/r1-zero-mult.yaml)
     r1 run --resume runs/<name>         continue an interrupted run
     r1 score --task TASK FILE.jsonl     grade completions with the task's rewards (audit a verifier)
+    r1 eval MODEL [--benchmarks B,...] [--k K] [--out DIR] [key=value ...]
+                                        the R1 evaluation protocol on benchmarks (r1/eval/command.py)
+    r1 eval --compare A B [C ...]       results of r1 eval side by side, with differences
 """
 
 from __future__ import annotations
@@ -153,6 +156,30 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from r1.eval.benchmarks import BenchmarkError
+    from r1.eval.command import EvalError, run_compare, run_eval
+    from r1.models.hf import ModelLoadError
+    from r1.models.prompts import PromptFormatError
+
+    try:
+        if args.compare:
+            if args.benchmarks is not None or args.k is not None:
+                return _fail("--compare takes results.json files or folders only, not --benchmarks or --k")
+            run_compare(args.items, args.out)
+            return 0
+        if not args.items or "=" in args.items[0]:
+            return _fail("r1 eval: expected MODEL first (a run directory, a checkpoint directory or a local "
+                         "Hugging Face model directory), then key=value")
+        run_eval(args.items[0], args.benchmarks, args.k, args.out, args.items[1:])
+    except (EvalError, ConfigError, BenchmarkError, ModelLoadError, PromptFormatError) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print("r1: eval interrupted; the benchmarks finished so far are written", file=sys.stderr)
+        return 130
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="r1", description="The DeepSeek-R1 recipe, runnable on any budget.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,7 +191,26 @@ def main(argv: list[str] | None = None) -> int:
     p_score.add_argument("--task", required=True, help=f"one of {', '.join(SCORE_TASKS)}")
     p_score.add_argument("file", metavar="FILE.jsonl", help='rows {"completion": str, "answer": ...[, "prompt": str]}')
     p_score.add_argument("-o", "--output", metavar="OUT.jsonl", help="scored rows (default: FILE.scored.jsonl)")
-    args = parser.parse_args(argv)
+    p_eval = sub.add_parser("eval", help="the R1 evaluation protocol (pass@1 over k samples, pass@k, cons@k)")
+    p_eval.add_argument("items", nargs="*", metavar="MODEL [key=value]",
+                        help="a run directory, a checkpoint directory or a Hugging Face model directory, then "
+                             "overrides (seed, max_new_tokens, eval_temperature, eval_top_p, limit, "
+                             "<benchmark>_file, ...); with --compare: results.json files or their folders")
+    p_eval.add_argument("--benchmarks", metavar="B,...", help="comma-separated: math500, aime24, aime25, amc23, gsm8k, "
+                        "countdown, heldout (a run's own held-out set); default heldout for a run, else the math five")
+    p_eval.add_argument("--k", type=int, metavar="K", help="samples per problem for every benchmark "
+                        "(default: 64 for AIME, 4 for MATH-500, the run's eval_k for heldout, 8 otherwise)")
+    p_eval.add_argument("--out", metavar="DIR", help="output folder (default <run>/eval, else "
+                        "runs/eval-<model folder>; with --compare: where compare.md goes, default .)")
+    p_eval.add_argument("--compare", action="store_true", help="compare results: r1 eval --compare A B [C ...]")
+    # key=value after an option (r1 eval MODEL --k 4 limit=2) is left over by argparse: it joins the items
+    args, extra = parser.parse_known_args(argv)
+    unknown = [x for x in extra if args.command != "eval" or x.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "eval":
+        args.items += extra
+        return cmd_eval(args)
     return cmd_score(args) if args.command == "score" else cmd_run(args)
 
 

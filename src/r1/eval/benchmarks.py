@@ -98,8 +98,10 @@ def load_benchmark(name: str, path: str):
         from r1.tasks.math import MathTask
         task = MathTask(bench.task, test_file=path)
         return task, task.test_problems
-    except (ValueError, KeyError, TypeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except KeyError as exc:
+        raise BenchmarkError(f"{name}_file={path!r}: cannot read it as {name} (a row has no field {exc})") from None
+    except (ValueError, TypeError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0].split("; set ")[0]  # field keys are run keys
         raise BenchmarkError(f"{name}_file={path!r}: cannot read it as {name} ({first[:200]})") from None
 
 
@@ -191,7 +193,8 @@ def add_metrics(result: dict, task, problems: list) -> dict:
     k = result["summary"]["k"]
     summary = result["summary"]
     summary["pass@1_se"] = mean_se(p1)[1]
-    summary["pass@k"] = {str(j): dict(zip(("mean", "se"), mean_se([c[j - 1] for c in curves]))) for j in range(1, k + 1)}
+    summary["pass@k"] = {str(j): dict(zip(("mean", "se"), mean_se([c[j - 1] for c in curves])))
+                         for j in range(1, k + 1)}
     summary["cons@k"], summary["cons@k_se"] = mean_se(cons)
     summary["scored_problems"] = len(curves)
     summary["no_answer_frac"] = no_answer / samples if samples else None

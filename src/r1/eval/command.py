@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import subprocess
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -40,9 +41,9 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from r1.config import ConfigError, RunConfig, load_config
-from r1.eval.benchmarks import (BENCHMARKS, HELDOUT, KNOWN, BenchmarkError, add_metrics, check_name, default_file,
-                                file_sha256, load_benchmark)
+from r1.config import RunConfig, load_config
+from r1.eval.benchmarks import (BENCHMARKS, HELDOUT, KNOWN, add_metrics, check_name, default_file, file_sha256,
+                                load_benchmark)
 from r1.eval.protocol import evaluate, heldout_problems
 
 console = Console(soft_wrap=True)
@@ -172,14 +173,22 @@ def weights_sha256(model_dir: Path) -> dict[str, str]:
     return out
 
 
-def versions() -> dict[str, str]:
-    """Versions of Python and of the libraries that change the numbers."""
-    out = {"python": platform.python_version()}
+def versions() -> dict[str, str | None]:
+    """Versions of Python and of the libraries that change the numbers, and ``r1_git``: the commit of the r1
+    source when it is a git checkout (``+dirty`` when ``src/`` has uncommitted changes), else None."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
     for name in VERSIONED:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
+    repo = Path(__file__).resolve().parents[3]
+    try:
+        git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], capture_output=True, text=True,  # noqa: E731
+                                        timeout=10, check=True).stdout.strip()
+        out["r1_git"] = git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "src") else "")
+    except (OSError, subprocess.SubprocessError):
+        out["r1_git"] = None
     return out
 
 
@@ -225,10 +234,13 @@ def run_eval(model_arg: str, benchmarks: str | None, k: int | None, out: str | N
     """Evaluate MODEL on the benchmarks and write the outputs (module docstring); return the output folder.
 
     Raises:
-        EvalError, ConfigError, BenchmarkError, r1.models.hf.ModelLoadError: bad input, one line each.
+        EvalError, r1.config.ConfigError, r1.eval.benchmarks.BenchmarkError, r1.models.hf.ModelLoadError,
+        r1.models.prompts.PromptFormatError: bad input, one line each.
     """
-    from r1.models.hf import load_policy
     from transformers.utils import logging as hf_logging
+
+    from r1.models.hf import load_policy
+    from r1.models.prompts import prompt_for
 
     started, stamp = time.time(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     if k is not None and k < 1:
@@ -244,10 +256,15 @@ def run_eval(model_arg: str, benchmarks: str | None, k: int | None, out: str | N
     hf_logging.disable_progress_bar()
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EvalError("device='cuda': no CUDA device visible here; expected device=cpu or auto")
     model, tokenizer = load_policy(target.model_dir, cfg.dtype, device=device, trainable=False)
+    for item in plan:  # a prompt setting the tokenizer cannot render fails here, before anything is written
+        if item["problems"]:
+            prompt_for(tokenizer, item["problems"][0].question, cfg)
     sizes = ", ".join(f"{p['name']} {len(p['problems'])}x{p['k']}" for p in plan)
-    console.print(f"model: {target.model_dir} ({target.kind}); {sizes}; "
-                  f"T={cfg.eval_temperature}, top-p {cfg.eval_top_p}, up to {cfg.max_new_tokens} tokens, seed {cfg.seed}")
+    console.print(f"model: {target.model_dir} ({target.kind}); {sizes}; T={cfg.eval_temperature}, "
+                  f"top-p {cfg.eval_top_p}, up to {cfg.max_new_tokens} tokens, seed {cfg.seed}")
     results = {"model": {"path": str(target.model_dir.resolve()), "kind": target.kind,
                          "run_dir": str(target.run_dir.resolve()) if target.run_dir else None,
                          "weights_sha256": weights_sha256(target.model_dir)},
@@ -270,6 +287,34 @@ def run_eval(model_arg: str, benchmarks: str | None, k: int | None, out: str | N
     return out_dir
 
 
+def run_compare(items: list[str], out: str | None) -> Path:
+    """Print the side-by-side comparison of results (``r1.eval.compare``) and write ``compare.md`` in ``out``
+    (default: the current folder); return its path.
+
+    Raises:
+        EvalError: fewer than two results, a missing or unreadable results.json, key=value items.
+    """
+    from r1.eval.compare import compare_markdown, load_results, print_comparison
+
+    bad = [i for i in items if "=" in i]
+    if bad:
+        raise EvalError(f"argument {bad[0]!r}: --compare takes results.json files or folders, not key=value")
+    if len(items) < 2:
+        raise EvalError(f"--compare {' '.join(items) or '(nothing)'}: expected at least two results.json files "
+                        "or folders holding them")
+    try:
+        loaded = [load_results(i) for i in items]
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
+    paths, all_results = [p for p, _ in loaded], [r for _, r in loaded]
+    print_comparison(paths, all_results, console)
+    out_dir = Path(out) if out else Path(".")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "compare.md").write_text(compare_markdown(paths, all_results))
+    console.print(f"written: {out_dir / 'compare.md'}")
+    return out_dir / "compare.md"
+
+
 def _pct(value, se=None) -> str:
     if value is None:
         return "–"
@@ -277,8 +322,8 @@ def _pct(value, se=None) -> str:
 
 
 def _line(name: str, s: dict) -> str:
-    k = s["k"]
-    return (f"{name}: pass@1 {_pct(s['pass@1'], s['pass@1_se'])}%, pass@{k} {_pct(s['pass@k'][str(k)]['mean'], s['pass@k'][str(k)]['se'])}%, "
+    k, top = s["k"], s["pass@k"][str(s["k"])]
+    return (f"{name}: pass@1 {_pct(s['pass@1'], s['pass@1_se'])}%, pass@{k} {_pct(top['mean'], top['se'])}%, "
             f"cons@{k} {_pct(s['cons@k'], s['cons@k_se'])}%, mean length {s['len_mean']:.1f} tokens, "
             f"truncated {100 * s['truncated_frac']:.1f}%")
 
@@ -300,16 +345,14 @@ def results_markdown(results: dict) -> str:
     for name, b in results["benchmarks"].items():
         s = b["summary"]
         top = s["pass@k"][str(s["k"])]
-        problems = str(s["problems"]) + (f" ({s['unparseable_gold']} unparseable gold)" if s["unparseable_gold"] else "")
+        bad_gold = s["unparseable_gold"]
+        problems = str(s["problems"]) + (f" ({bad_gold} unparseable gold)" if bad_gold else "")
         lines.append(f"| {name} | {problems} | {s['k']} | {_pct(s['pass@1'], s['pass@1_se'])} | "
                      f"{_pct(top['mean'], top['se'])} | {_pct(s['cons@k'], s['cons@k_se'])} | {s['len_mean']:.1f} | "
                      f"{100 * s['truncated_frac']:.1f}% |")
-    lines += ["", "pass@1: mean correctness over the k samples (R1 §3); pass@k: unbiased estimator (Chen et al. 2021, "
-              "Eq. 1) at k = the samples drawn; cons@k: majority vote over the k final answers. ± is one standard error "
-              "of the mean over problems (r1/eval/metrics.py). Truncated: completions without EOS within the limit, "
-              "scored as produced.", ""]
+    lines += ["", "pass@1: mean correctness over the k samples (R1 §3); pass@k: unbiased estimator (Chen et al. "
+              "2021, Eq. 1) at k = the samples drawn; cons@k: majority vote over the k final answers. ± is one "
+              "standard error of the mean over problems (r1/eval/metrics.py). Truncated: completions without EOS "
+              "within the limit, scored as produced.", ""]
     return "\n".join(lines)
 
-
-__all__ = ["EvalError", "BenchmarkError", "ConfigError", "Target", "resolve_model", "resolve_settings",
-           "parse_benchmarks", "run_eval", "results_markdown", "weights_sha256", "versions", "default_out"]
