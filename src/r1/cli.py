@@ -6,6 +6,9 @@
     r1 eval MODEL [--benchmarks B,...] [--k K] [--out DIR] [key=value ...]
                                         the R1 evaluation protocol on benchmarks (r1/eval/command.py)
     r1 eval --compare A B [C ...]       results of r1 eval side by side, with differences
+    r1 sft [RECIPE] [key=value ...]     supervised fine-tuning on traces (sft_file=, init_from=; r1/sft.py)
+    r1 sample MODEL --task TASK [--k K] [--out FILE.jsonl] [key=value ...]
+                                        rejection sampling into an SFT-ready jsonl (r1/sample.py)
 """
 
 from __future__ import annotations
@@ -180,6 +183,73 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_sft(args) -> int:
+    import dataclasses
+
+    from r1.models.hf import ModelLoadError
+    from r1.models.prompts import PromptFormatError
+    from r1.sft import Interrupted, SftError, new_stage_dir, run_sft
+
+    items = list(args.items)
+    recipe = items.pop(0) if items and "=" not in items[0] else None
+    bad = [o for o in items if "=" not in o]
+    if bad:
+        return _fail(f"argument {bad[0]!r}: expected key=value (a recipe goes first)")
+    named, stage_dir = any(o.startswith("name=") for o in items), None
+    try:
+        base = find_recipe(recipe) if recipe else None
+        cfg = load_config(base, items)
+        if base is None and cfg.init_from and cfg.init_from != "scratch":  # a run's own settings (task, prompt, eval)
+            from r1.eval.command import EvalError, resolve_model
+            try:
+                run_dir = resolve_model(cfg.init_from).run_dir
+            except EvalError as exc:
+                return _fail(str(exc).replace("MODEL", "init_from", 1))
+            if run_dir is not None:
+                cfg = load_config(run_dir / "config.yaml", items)
+        if not named and not _recipe_names(base):  # not the main job's name: runs/sft[-N]
+            cfg = dataclasses.replace(cfg, name="sft")
+        if not cfg.sft_file:
+            return _fail("sft_file is not set: expected sft_file=TRACES.jsonl (e.g. the output of r1 sample)")
+        absolute = {k: str(Path(getattr(cfg, k)).resolve()) for k in ("sft_file", "init_from", "model_path")
+                    if getattr(cfg, k) and getattr(cfg, k) != "scratch"}
+        cfg = dataclasses.replace(cfg, **absolute)
+        stage_dir = new_stage_dir(cfg)
+        run_sft(cfg, stage_dir)
+    except (ConfigError, SftError, ModelLoadError, PromptFormatError) as exc:
+        return _fail(str(exc))
+    except (Interrupted, KeyboardInterrupt):
+        print(f"r1: SFT interrupted; the last checkpoint and summary.json are in {stage_dir}", file=sys.stderr)
+        return 130
+    print(f"r1 sft: done, {stage_dir}")
+    return 0
+
+
+def _recipe_names(recipe: Path | None) -> bool:
+    """True when the recipe file sets ``name`` itself."""
+    import yaml
+    return recipe is not None and "name" in (yaml.safe_load(recipe.read_text()) or {})
+
+
+def cmd_sample(args) -> int:
+    from r1.eval.command import EvalError
+    from r1.models.hf import ModelLoadError
+    from r1.models.prompts import PromptFormatError
+    from r1.sample import run_sample
+
+    if not args.items or "=" in args.items[0]:
+        return _fail("r1 sample: expected MODEL first (a run directory, a checkpoint directory or a local Hugging "
+                     "Face model directory), then key=value")
+    try:
+        run_sample(args.items[0], args.task, args.k, args.out, args.items[1:])
+    except (ConfigError, EvalError, ModelLoadError, PromptFormatError) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print("r1: sample interrupted; nothing written", file=sys.stderr)
+        return 130
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="r1", description="The DeepSeek-R1 recipe, runnable on any budget.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -203,14 +273,32 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--out", metavar="DIR", help="output folder (default <run>/eval, else "
                         "runs/eval-<model folder>; with --compare: where compare.md goes, default .)")
     p_eval.add_argument("--compare", action="store_true", help="compare results: r1 eval --compare A B [C ...]")
+    p_sft = sub.add_parser("sft", help="supervised fine-tuning on traces, loss on completion tokens only")
+    p_sft.add_argument("items", nargs="*", metavar="[RECIPE] [key=value]",
+                       help="an optional recipe YAML, then overrides: sft_file=, init_from= (run, checkpoint, HF "
+                            "directory or scratch), sft_epochs=, sft_steps=, sft_batch_size=, sft_lr=, eval_every=")
+    p_sample = sub.add_parser("sample", help="rejection sampling (R1 §2.3.3) into an SFT-ready jsonl")
+    p_sample.add_argument("items", nargs="*", metavar="MODEL [key=value]",
+                          help="a run directory, a checkpoint directory or a Hugging Face model directory, then "
+                               "options (limit, temperature, top_p, max_tokens, language, min_language, "
+                               "min_readability, max_repeat) or config keys (seed, max_new_tokens, ...)")
+    p_sample.add_argument("--task", required=True, help="multiplication, countdown, gsm8k, math, aime or amc")
+    p_sample.add_argument("--k", type=int, metavar="K", help="completions per prompt (default 4)")
+    p_sample.add_argument("--out", metavar="FILE.jsonl", help="output (default runs/sample-<model>-<task>.jsonl); "
+                          "the summary goes to FILE.summary.json")
     # key=value after an option (r1 eval MODEL --k 4 limit=2) is left over by argparse: it joins the items
     args, extra = parser.parse_known_args(argv)
-    unknown = [x for x in extra if args.command != "eval" or x.startswith("-")]
+    unknown = [x for x in extra if args.command not in ("eval", "sample") or x.startswith("-")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "eval":
         args.items += extra
         return cmd_eval(args)
+    if args.command == "sample":
+        args.items += extra
+        return cmd_sample(args)
+    if args.command == "sft":
+        return cmd_sft(args)
     return cmd_score(args) if args.command == "score" else cmd_run(args)
 
 

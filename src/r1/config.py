@@ -122,6 +122,15 @@ class RunConfig:
     eval_every_problems: int = 100  # during RL: the first N held-out problems (at most eval_problems)
     eval_every_k: int = 4  # during RL: samples per problem
 
+    # --- SFT, ``r1 sft`` (DeepSeek-R1 §2.3.1 cold start, §2.3.3 SFT on sampled traces, §2.4 distillation) ---
+    init_from: str = ""  # r1 sft: model to fine-tune: run dir, checkpoint dir, HF dir or "scratch" ("" = model_path)
+    sft_file: str = ""  # r1 sft: jsonl of traces, rows {question|prompt, completion} or {messages} (r1 sample's output)
+    sft_epochs: int = 2  # passes over sft_file (R1 §2.3.3: two epochs)
+    sft_steps: int = 0  # optimizer steps; 0 = sft_epochs passes over the data (a value > 0 overrides the epochs)
+    sft_batch_size: int = 32  # examples per optimizer step
+    sft_micro_batch: int = 0  # examples per forward pass, length-sorted; 0 = the batch in 4 length buckets
+    sft_lr: float = 5e-4  # AdamW peak learning rate (tiny policy): warm-up over 5% of steps, cosine decay to 10%
+
     def validate(self) -> None:
         """Check values that no type can express; raise ConfigError with one line."""
         if self.task not in TASKS:
@@ -216,6 +225,7 @@ class RunConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name}={value}: expected a finite number")
+        _check_sft(self)
         if not self.name or "/" in self.name or self.name in (".", ".."):
             raise ConfigError(f"name={self.name!r}: expected a non-empty folder name without '/'")
 
@@ -237,6 +247,24 @@ def _check_base(cfg: RunConfig) -> None:
         if saved.get(theirs) != getattr(cfg, key):
             raise ConfigError(f"base_from={cfg.base_from!r}: its {theirs}={saved.get(theirs)} but {key}="
                               f"{getattr(cfg, key)}: expected the same architecture as the recipe")
+
+
+def _check_sft(cfg: RunConfig) -> None:
+    """Raise ConfigError for an impossible SFT setting (fields unused by ``r1 run`` keep their defaults there)."""
+    for key in ("sft_epochs", "sft_batch_size"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}={getattr(cfg, key)}: expected >= 1")
+    for key in ("sft_steps", "sft_micro_batch"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"{key}={getattr(cfg, key)}: expected >= 0")
+    if cfg.sft_lr <= 0:
+        raise ConfigError(f"sft_lr={cfg.sft_lr}: expected > 0")
+    if cfg.sft_file and not Path(cfg.sft_file).is_file():
+        raise ConfigError(f"sft_file={cfg.sft_file!r}: file not found (expected a jsonl of traces, relative to the "
+                          "current directory)")
+    if cfg.init_from and cfg.init_from != "scratch" and not Path(cfg.init_from).is_dir():
+        raise ConfigError(f"init_from={cfg.init_from!r}: no such directory (expected a run directory, a checkpoint "
+                          "directory, a Hugging Face model directory or 'scratch')")
 
 
 def _check_math_files(cfg: RunConfig) -> None:
