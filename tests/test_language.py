@@ -1,6 +1,7 @@
 """Language-consistency reward (R1 §2.3.2) and the readability stand-in, on hand-worked cases."""
 
 import pytest
+import torch
 
 from r1.rewards.language import language_reward, language_share, readability_reward, script, thinking_of, words
 
@@ -46,3 +47,32 @@ def test_readability_stand_in_counts_trace_grammar_lines():
     assert readability_reward(bad) == 0.75
     assert readability_reward("<think>\n</think>\n<answer>1786</answer>") == 1.0  # nothing to read
     assert readability_reward("<think>\n47*8=320+=376\n</think>") == 0.0
+
+
+def test_language_weight_is_summed_into_the_total_and_zero_weight_changes_nothing():
+    from r1.rl.trainer import score
+    from r1.tasks.multiplication import MultiplicationTask
+    task = MultiplicationTask(2, 2)
+    texts = ["<think>\n12*4=48\n</think>\n<answer>48</answer>",  # right, well-formed, English script
+             "<think>\n我想 12*4=48\n</think>\n<answer>48</answer>",  # right, but the thinking is in Chinese
+             "<think>\n</think>\n<answer>47</answer>"]  # wrong, empty thinking (language share 1.0)
+    answers = ["48", "48", "48"]
+    plain = score(task, texts, answers, 1.0)
+    assert plain.language is None and plain.total.tolist() == [2.0, 2.0, 1.0]
+    weighted = score(task, texts, answers, 1.0, language_weight=0.5)
+    # thinking of text 2: words "我", "想" (CJK, one word per character) -> 0 of 2 Latin words; digits are not letters
+    assert weighted.language.tolist() == [1.0, 0.0, 1.0]
+    assert weighted.total.tolist() == [2.5, 2.0, 1.5]
+    assert torch.equal(weighted.accuracy, plain.accuracy) and torch.equal(weighted.format, plain.format)
+
+
+def test_rl_run_logs_the_consistency_reward(tmp_path):
+    import json
+
+    from r1.cli import main
+    from test_run import MICRO
+    assert main(["run", *MICRO, "rl_steps=2", "language_weight=0.5", "consistency_reward=readability",
+                 f"runs_dir={tmp_path}", "name=lang"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "lang" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["reward/language"] <= 1.0 for r in rows)
+    assert main(["run", *MICRO, "language=xx", f"runs_dir={tmp_path}"]) == 2

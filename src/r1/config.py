@@ -108,6 +108,9 @@ class RunConfig:
     max_grad_norm: float = 1.0  # gradient clipping
     adv_eps: float = 1e-4  # epsilon in (r - mean) / (std + eps)
     format_weight: float = 1.0  # weight of the format reward (accuracy weight is 1)
+    language_weight: float = 0.0  # R1 §2.3.2 language-consistency reward, summed with accuracy (0 = off, as R1-Zero)
+    consistency_reward: str = "language"  # "language" (share of the thinking in the target script) or "readability" (tiny task stand-in)
+    language: str = "en"  # target language of the language-consistency reward
     log_every: int = 5  # print a status line every N steps
     samples_every: int = 10  # write rollout samples every N steps
     save_every: int = 25  # write a checkpoint every N steps
@@ -141,7 +144,8 @@ class RunConfig:
                    "ratio_level": ("token", "sequence"), "kl_estimator": ("k1", "k2", "k3"),
                    "loss_aggregation": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
                    "overlong": ("none", "mask", "soft"), "prompt_format": ("auto", "r1_zero", "chat", "chat_think"),
-                   "dtype": ("float32", "bfloat16", "float16"), "device": ("auto", "cpu", "cuda")}
+                   "dtype": ("float32", "bfloat16", "float16"), "device": ("auto", "cpu", "cuda"),
+                   "consistency_reward": ("language", "readability")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
@@ -183,7 +187,10 @@ class RunConfig:
         for key in ("lr", "pretrain_lr", "max_grad_norm"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected > 0")
-        for key in ("beta", "clip_eps", "format_weight", "adv_eps", "entropy_coef"):
+        from r1.rewards.language import LANGUAGE_SCRIPTS
+        if self.language not in LANGUAGE_SCRIPTS:
+            raise ConfigError(f"language={self.language!r}: expected one of {', '.join(sorted(LANGUAGE_SCRIPTS))}")
+        for key in ("beta", "clip_eps", "format_weight", "adv_eps", "entropy_coef", "language_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected >= 0")
         for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "max_position",

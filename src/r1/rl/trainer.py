@@ -38,14 +38,28 @@ class Scores:
     format: torch.Tensor  # 1.0 if the think/answer layout is right
     total: torch.Tensor  # accuracy + format_weight * format
     reasons: torch.Tensor  # 1.0 if the thinking holds worked steps
+    language: torch.Tensor | None = None  # language-consistency (or readability) reward, when weighted
 
 
-def score(task, texts: list[str], answers: list[str], format_weight: float) -> Scores:
-    """Score completions with the task's verifier and the format reward (pure functions)."""
+def score(task, texts: list[str], answers: list[str], format_weight: float, language_weight: float = 0.0,
+          consistency: str = "language", language: str = "en") -> Scores:
+    """Score completions with the task's verifier, the format reward and, when ``language_weight > 0``,
+    the language-consistency reward of R1 §2.3.2 (share of the thinking in the target language's
+    script, ``r1.rewards.language``) or its tiny-task stand-in (``consistency="readability"``), summed
+    into the total: ``total = accuracy + format_weight * format + language_weight * language``.
+    With ``language_weight == 0`` the term is not computed at all (totals bit-identical to before).
+    """
     acc = torch.tensor([task.verify(t, a) for t, a in zip(texts, answers)])
     fmt = torch.tensor([format_reward(t) for t in texts])
     reasons = torch.tensor([float(task.reasons(t)) for t in texts])
-    return Scores(acc, fmt, acc + format_weight * fmt, reasons)
+    total = acc + format_weight * fmt
+    lang = None
+    if language_weight > 0:
+        from r1.rewards.language import language_reward, readability_reward
+        lang = torch.tensor([readability_reward(t) if consistency == "readability" else language_reward(t, language)
+                             for t in texts])
+        total = total + language_weight * lang
+    return Scores(acc, fmt, total, reasons, lang)
 
 
 def policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages: torch.Tensor, cfg) -> dict:
@@ -99,7 +113,8 @@ def _rollout_round(rng, policy, tokenizer, task, heldout, cfg):
     batch = generate_rollouts(policy, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
     t1 = time.perf_counter()
     graded = [grading_text(rendered[i // cfg.group_size], t) for i, t in enumerate(batch.texts)]
-    scores = score(task, graded, answers, cfg.format_weight)
+    scores = score(task, graded, answers, cfg.format_weight, cfg.language_weight, cfg.consistency_reward,
+                   cfg.language)
     if cfg.overlong == "soft":
         scores.total = scores.total + soft_overlong_penalty(batch.lengths, cfg.max_new_tokens, cfg.overlong_cache)
     return prompts, answers, batch, scores, (t1 - t0, time.perf_counter() - t1)
@@ -119,7 +134,7 @@ def _merge_rounds(kept: list, G: int, B: int, pad_id: int):
     """
     if not any(k[4] for k in kept):
         kept[-1] = kept[-1][:4] + (list(range(B)),)
-    fields = ("accuracy", "format", "total", "reasons")
+    fields = ("accuracy", "format", "total", "reasons") + (("language",) if kept[0][3].language is not None else ())
     parts, prompts, answers, per_round = [], [], [], []
     for p, a, b, s_, groups in kept:
         rows = [g * G + j for g in groups for j in range(G)]
@@ -168,6 +183,7 @@ def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: s
         "reward/mean": _nanmean(scores.total),
         "reward/accuracy": _nanmean(scores.accuracy),
         "reward/unparseable_gold": int(scores.accuracy.isnan().sum().item()),
+        **({"reward/language": scores.language.mean().item()} if scores.language is not None else {}),
         "reward/format": scores.format.mean().item(),
         "rollout/len_mean": lengths.mean().item(),
         "rollout/len_correct": lengths[correct].mean().item() if correct.any() else None,
