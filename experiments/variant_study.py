@@ -247,6 +247,8 @@ def main() -> None:
     args = ap.parse_args()
     if not args.write_only:
         run_all(args.out, args.variants, args.seeds, args.workers, args.eval_every, args.set)
+    if not any(finished(run_dir(args.out, v, s)) for v in args.variants for s in args.seeds):
+        sys.exit(f"variant_study: no finished run in {args.out}: nothing to write (run the study first)")
     print(write(args.out, args.variants, args.seeds, args.doc, args.doc.parent / "img"))
 
 

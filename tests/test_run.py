@@ -183,6 +183,26 @@ def test_every_recipe_loads(recipe, tmp_path):
     try:
         cfg = load_config(recipe, overrides)
     except ConfigError as exc:  # only shared/data files may be absent outside this repository's layout
-        assert "countdown_test_file" in str(exc) or "test_file=" in str(exc)
+        assert "countdown_test_file" in str(exc) or "test_file=" in str(exc) or "R1_DATA_DIR" in str(exc)
         return
     assert cfg.name and cfg.group_size >= 2
+
+
+def test_math_task_without_data_is_one_line_and_resolved_files_are_recorded(tmp_path, monkeypatch, capsys):
+    import r1.tasks.math as math_task
+    from r1.config import load_config
+    from r1.tasks.math import reference_file
+    if reference_file("gsm8k", "test"):  # here: config.yaml records the files actually read
+        cfg = load_config(None, ["task=gsm8k"])
+        assert Path(cfg.test_file).is_absolute() and cfg.test_file.endswith("gsm8k/test.jsonl")
+    monkeypatch.setattr(math_task, "data_dir", lambda: None)
+    assert main(["run", "task=gsm8k", f"runs_dir={tmp_path}"]) == 2
+    assert "R1_DATA_DIR" in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+def test_resume_after_r1_eval_wrote_into_the_run(tmp_path):
+    # r1 eval RUN writes results.json (and <benchmark>.json) into RUN/eval/; the report must skip them
+    assert main(["run", *MICRO, f"runs_dir={tmp_path}", "name=m", "rl_steps=1"]) == 0
+    (tmp_path / "m" / "eval" / "results.json").write_text(json.dumps({"benchmarks": {}}))
+    assert main(["run", "--resume", str(tmp_path / "m")]) == 0
+    assert "| after GRPO |" in (tmp_path / "m" / "report.md").read_text()

@@ -275,9 +275,15 @@ def _check_sft(cfg: RunConfig) -> None:
 
 
 def _check_math_files(cfg: RunConfig) -> None:
-    """Raise ConfigError unless the math task's train/test files exist (when given)."""
+    """Raise ConfigError unless the math task's train/test files exist: as given, or the reference files
+    of the shared data folder (``$R1_DATA_DIR``, else ``shared/data`` next to the repository)."""
+    from r1.tasks.math import reference_file
+
     for key in ("train_file", "test_file"):
         path = getattr(cfg, key)
+        if not path and not reference_file(cfg.task, key.split("_")[0]):
+            raise ConfigError(f"task={cfg.task!r} with {key}='' needs the reference data folder shared/data, which was "
+                              f"not found: expected {key}=PATH or R1_DATA_DIR=<folder with gsm8k/, math/, ...>")
         if path and not Path(path).is_file():
             raise ConfigError(f"{key}={path!r}: file not found (expected a jsonl, json or parquet file, relative "
                               "to the current directory; empty = the reference file in shared/data)")
@@ -347,6 +353,10 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
         values[key.strip()] = raw
     cfg = RunConfig(**{k: _coerce(k, v) for k, v in values.items()})
     cfg.validate()
+    if cfg.task in MATH_TASKS:  # record the data files that will be read, not '' (config.yaml = what ran)
+        from r1.tasks.math import reference_file
+        cfg.train_file = cfg.train_file or str(Path(reference_file(cfg.task, "train")).resolve())
+        cfg.test_file = cfg.test_file or str(Path(reference_file(cfg.task, "test")).resolve())
     return cfg
 
 

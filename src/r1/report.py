@@ -76,7 +76,8 @@ def write_report(run_dir: Path, cfg, extra: dict | None = None) -> Path:
     rows = read_metrics(run_dir)
     evals = {}  # "before", "after", "before-<file stem>", ...
     for path in sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").exists() else []:
-        evals[path.stem] = json.loads(path.read_text())
+        if path.stem.split("-")[0] in ("before", "after"):  # r1 eval may write its own files here
+            evals[path.stem] = json.loads(path.read_text())
     extra = extra or {}
     pre = extra.get("pretrain") or {}
     if cfg.model_path:
