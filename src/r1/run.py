@@ -149,6 +149,23 @@ def _eval_during_rl(cfg, policy, tokenizer, task, problems) -> dict:
             "eval/seconds": time.time() - start}
 
 
+def stop_on_ctrl_c(message: str):
+    """Install a SIGINT handler: the first Ctrl-C prints ``message`` and sets ``stop["asked"]`` (the loop
+    finishes its step, saves and stops); a second raises KeyboardInterrupt at once.
+
+    Returns ``(stop, restore)``; call ``restore()`` to put the previous handler back.
+    """
+    stop = {"asked": False}
+
+    def on_sigint(signum, frame):
+        if stop["asked"]:
+            raise KeyboardInterrupt
+        stop["asked"] = True
+        console.print(message)
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    return stop, lambda: signal.signal(signal.SIGINT, previous)
+
+
 def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys, eval_problems=()):
     ckpts = _rl_checkpoints(run_dir)
     if cfg.model_path:
@@ -176,14 +193,7 @@ def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys, eval_problems=(
     if start_step >= cfg.rl_steps:
         return policy
     policy.train()
-    stop = {"asked": False}
-
-    def on_sigint(signum, frame):  # first Ctrl-C: finish the step, save, stop; second: stop now
-        if stop["asked"]:
-            raise KeyboardInterrupt
-        stop["asked"] = True
-        console.print("[yellow]Ctrl-C: finishing this step, then saving a checkpoint and the report[/]")
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    stop, restore = stop_on_ctrl_c("[yellow]Ctrl-C: finishing this step, then saving a checkpoint and the report[/]")
     step = start_step
     try:
         with _progress() as bar:
@@ -217,7 +227,7 @@ def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys, eval_problems=(
                 if stop["asked"] and not last:
                     raise Interrupted(step + 1)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        restore()
     return policy
 
 

@@ -48,6 +48,7 @@ from pathlib import Path
 import torch
 
 from r1.config import ConfigError, RunConfig, load_config
+from r1.eval.protocol import distinct_problems
 from r1.rewards.format import format_reward
 from r1.rewards.language import LANGUAGE_SCRIPTS, language_reward, readability_reward
 
@@ -139,15 +140,8 @@ def training_problems(task, cfg, limit: int) -> list:
         return problems[:limit] if limit else problems
     if limit == 0:
         raise ConfigError(f"limit=0 with task {task.name}: a generated task needs a number of prompts, e.g. limit=256")
-    rng, seen, out = random.Random(f"{cfg.seed}/sample"), set(), []
-    for _ in range(100 * limit):
-        p = sample_train_problem(task, rng, heldout)
-        if p.key not in seen:
-            seen.add(p.key)
-            out.append(p)
-            if len(out) == limit:
-                break
-    return out
+    rng = random.Random(f"{cfg.seed}/sample")
+    return distinct_problems(lambda: sample_train_problem(task, rng, heldout), limit)
 
 
 def rejection_sample(model, tokenizer, task, problems: list, cfg, opts: SampleOptions, progress=None):

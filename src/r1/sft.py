@@ -41,7 +41,6 @@ import json
 import math
 import random
 import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,7 +289,7 @@ def run_sft(cfg: RunConfig, stage_dir: str | Path, quiet: bool = False) -> dict:
     """
     from r1.eval.protocol import heldout_problems
     from r1.rl.trainer import append_jsonl, save_checkpoint
-    from r1.run import _eval_during_rl, _progress, console
+    from r1.run import _eval_during_rl, _progress, console, stop_on_ctrl_c
     from r1.tasks import make_task
 
     started, stage_dir = time.time(), Path(stage_dir)
@@ -330,13 +329,6 @@ def run_sft(cfg: RunConfig, stage_dir: str | Path, quiet: bool = False) -> dict:
         console.print(f"SFT: {len(examples)} examples from {cfg.sft_file} ({len(encoded) - len(examples)} longer than "
                       f"{limit} tokens dropped), {steps} steps x {cfg.sft_batch_size} examples, lr {cfg.sft_lr}; "
                       f"model {source}" + (f"; resuming at step {start}" if start else ""))
-    stop = {"asked": False}
-
-    def on_sigint(signum, frame):  # first Ctrl-C: finish the step, save, stop; second: stop now
-        if stop["asked"]:
-            raise KeyboardInterrupt
-        stop["asked"] = True
-        console.print("[yellow]Ctrl-C: finishing this step, then saving a checkpoint[/]")
 
     def summary(status: str) -> dict:
         rows_ = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
@@ -352,7 +344,7 @@ def run_sft(cfg: RunConfig, stage_dir: str | Path, quiet: bool = False) -> dict:
         (stage_dir / "summary.json").write_text(json.dumps(out, indent=1))
         return out
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    stop, restore = stop_on_ctrl_c("[yellow]Ctrl-C: finishing this step, then saving a checkpoint[/]")
     try:
         _train(cfg, model, tokenizer, optimizer, examples, start, steps, stage_dir, problems, task, stop, quiet,
                (append_jsonl, save_checkpoint, _eval_during_rl, _progress))
@@ -360,7 +352,7 @@ def run_sft(cfg: RunConfig, stage_dir: str | Path, quiet: bool = False) -> dict:
         summary("interrupted; run again on the same stage directory to resume from the last checkpoint")
         raise
     finally:
-        signal.signal(signal.SIGINT, previous)
+        restore()
     return summary("finished")
 
 

@@ -27,9 +27,14 @@ def heldout_problems(task, n: int, seed: int) -> list:
     if getattr(task, "test_problems", None):
         return list(task.test_problems[:n])
     rng = random.Random(f"{seed}/heldout")
+    return distinct_problems(lambda: task.sample(rng), n)
+
+
+def distinct_problems(draw, n: int) -> list:
+    """Up to ``n`` problems with distinct keys from ``draw()`` (at most ``100 n`` draws), in draw order."""
     seen, problems = set(), []
     for _ in range(100 * n):
-        p = task.sample(rng)
+        p = draw()
         if p.key not in seen:
             seen.add(p.key)
             problems.append(p)
