@@ -195,6 +195,7 @@ def test_math_task_without_data_is_one_line_and_resolved_files_are_recorded(tmp_
     if reference_file("gsm8k", "test"):  # here: config.yaml records the files actually read
         cfg = load_config(None, ["task=gsm8k"])
         assert Path(cfg.test_file).is_absolute() and cfg.test_file.endswith("gsm8k/test.jsonl")
+        assert cfg.name == "r1-zero-gsm8k"  # the default name follows the task when no name is given
     monkeypatch.setattr(math_task, "data_dir", lambda: None)
     assert main(["run", "task=gsm8k", f"runs_dir={tmp_path}"]) == 2
     assert "R1_DATA_DIR" in capsys.readouterr().err and not any(tmp_path.iterdir())
