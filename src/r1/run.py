@@ -26,7 +26,7 @@ from transformers.utils import logging as hf_logging
 
 from r1.config import RunConfig, save_config
 from r1.eval.protocol import evaluate, heldout_problems
-from r1.models.hf import LoraSpec, is_lora, load_policy, load_tokenizer
+from r1.models.hf import LoraSpec, is_lora, load_policy, load_tokenizer, resolve_device
 from r1.models.policy import build_policy, count_parameters
 from r1.models.tokenizer import build_tokenizer
 from r1.pretrain import pretrain
@@ -58,7 +58,7 @@ def _rl_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def _device(cfg) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    return str(resolve_device(cfg.device))
 
 
 def _lora(cfg):

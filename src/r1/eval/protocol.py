@@ -14,7 +14,7 @@ import torch
 from r1.models.prompts import grading_text, prompt_for
 from r1.rewards.format import extract_answer
 from r1.rewards.math import final_answer
-from r1.rl.trainer import score
+from r1.rl.trainer import nanmean, score
 from r1.rollout.engine import generate_rollouts
 
 
@@ -94,8 +94,8 @@ def evaluate(model, tokenizer, task, problems: list, cfg, progress=None, on_chun
         "len_mean": lens.mean().item(),
         "len_correct": lens[ok].mean().item() if ok.any() else None,
         "reasoning_frac": scores.reasons.mean().item(),
-        "acc_reasoning": _nanmean(scores.accuracy[reasons]),
-        "acc_direct": _nanmean(scores.accuracy[~reasons]),
+        "acc_reasoning": nanmean(scores.accuracy[reasons]),
+        "acc_direct": nanmean(scores.accuracy[~reasons]),
         "format": scores.format.mean().item(),
         "truncated_frac": sum(truncated) / len(truncated),
         "problems": len(problems),
@@ -122,8 +122,3 @@ def extracted_answer(task, completion: str) -> str | None:
 def _correct(value: torch.Tensor) -> bool | None:
     """True / False, or None when the gold answer is unparseable (NaN accuracy)."""
     return None if value.isnan() else bool(value > 0)
-
-
-def _nanmean(x: torch.Tensor) -> float | None:
-    ok = ~x.isnan()
-    return x[ok].mean().item() if ok.any() else None

@@ -49,8 +49,9 @@ class LoraSpec:
     target_modules: str | tuple[str, ...] = "all-linear"  # module names, or "all-linear"
 
 
-def _device(device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+def resolve_device(device: str | None) -> torch.device:
+    """``device``, or CUDA when available and ``device`` is None or 'auto', else the CPU."""
+    return torch.device(device if device not in (None, "auto") else ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _check_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -117,7 +118,7 @@ def load_policy(path: str | Path, dtype: str = "float32", gradient_checkpointing
             support, a config that is not a causal LM, a bad LoRA spec.
     """
     path = Path(path)
-    dev = _device(device)
+    dev = resolve_device(device)
     torch_dtype = _check_dtype(dtype, dev)
     if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
         if lora is not None:

@@ -180,8 +180,8 @@ def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: s
     zero_std = (scores.total.view(-1, G).std(-1) == 0).float().mean().item()
     row = {
         "step": step + 1,
-        "reward/mean": _nanmean(scores.total),
-        "reward/accuracy": _nanmean(scores.accuracy),
+        "reward/mean": nanmean(scores.total),
+        "reward/accuracy": nanmean(scores.accuracy),
         "reward/unparseable_gold": int(scores.accuracy.isnan().sum().item()),
         **({"reward/language": scores.language.mean().item()} if scores.language is not None else {}),
         "reward/format": scores.format.mean().item(),
@@ -212,7 +212,7 @@ def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: s
     return row, samples
 
 
-def _nanmean(x: torch.Tensor) -> float | None:
+def nanmean(x: torch.Tensor) -> float | None:
     """Mean over the finite entries (None when there is none)."""
     ok = ~x.isnan()
     return x[ok].mean().item() if ok.any() else None
