@@ -207,3 +207,14 @@ def test_resume_after_r1_eval_wrote_into_the_run(tmp_path):
     (tmp_path / "m" / "eval" / "results.json").write_text(json.dumps({"benchmarks": {}}))
     assert main(["run", "--resume", str(tmp_path / "m")]) == 0
     assert "| after GRPO |" in (tmp_path / "m" / "report.md").read_text()
+
+
+def test_default_name_follows_a_checkpoint_run(tmp_path):
+    from r1.config import load_config
+    from r1.models.tiny import save_tiny
+    model = save_tiny("qwen2", tmp_path / "tinyq")
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "r1-zero-mult.yaml",
+                      [f"model_path={model}", "task=countdown"])
+    assert cfg.name == "countdown-tinyq"
+    assert load_config(Path(__file__).parents[1] / "configs" / "r1-zero-mult.yaml").name == "r1-zero-mult"
+    assert load_config(None, [f"model_path={model}", "name=mine"]).name == "mine"

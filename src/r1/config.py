@@ -353,7 +353,8 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
         values[key.strip()] = raw
     cfg = RunConfig(**{k: _coerce(k, v) for k, v in values.items()})
     cfg.validate()
-    if "name" not in values and (cfg.model_path or cfg.task != "multiplication"):  # not "r1-zero-mult" for other jobs
+    named = any(o.partition("=")[0].strip() == "name" for o in overrides or [])
+    if not named and cfg.name == "r1-zero-mult" and (cfg.model_path or cfg.task != "multiplication"):  # other jobs
         cfg.name = f"{cfg.task}-{Path(cfg.model_path).name}" if cfg.model_path else f"r1-zero-{cfg.task}"
     if cfg.task in MATH_TASKS:  # record the data files that will be read, not '' (config.yaml = what ran)
         from r1.tasks.math import reference_file
