@@ -11,7 +11,8 @@ from r1.tasks.countdown import CountdownTask
 from r1.tasks.multiplication import MultiplicationTask, Problem
 
 
-@pytest.mark.parametrize("task", [MultiplicationTask(2, 2), MultiplicationTask(3, 1), CountdownTask(3, 100, 100),
+@pytest.mark.parametrize("task", [MultiplicationTask(2, 2), MultiplicationTask(3, 1), MultiplicationTask(2, 2, 0.5),
+                                  CountdownTask(3, 100, 100),
                                   CountdownTask(4, 20, 100)])
 def test_traces_are_verified_and_well_formed(task):
     rng = random.Random(0)
@@ -28,6 +29,34 @@ def test_multiplication_long_trace_hand_worked():
     trace = MultiplicationTask().trace(Problem("47*38", "1786", (38, 47)), True, random.Random(0))
     assert trace == ("<think>\n47*8=320+56=376\n47*30=1200+210=1410\n1410+300=1710\n1710+70=1780\n1780+6=1786\n"
                      "</think>\n<answer>1786</answer>")
+
+
+def test_mixed_notation_lines_are_the_same_arithmetic_in_chinese_operator_words():
+    from r1.models.tokenizer import build_tokenizer
+    from r1.rewards.language import language_reward, readability_reward
+    from r1.tasks.multiplication import second_notation
+
+    problem = Problem("47*38", "1786", (38, 47))
+    readable = MultiplicationTask().trace(problem, True, random.Random(0)).split("\n")
+    rng = random.Random(3)
+    state = rng.getstate()
+    assert MultiplicationTask(2, 2, 0.5).trace(problem, True, rng, mixed_frac=0.0) == "\n".join(readable)
+    assert rng.getstate() == state  # mixed_frac 0 draws nothing: the corpus stream is unchanged
+    mixed = MultiplicationTask(2, 2, 0.5).trace(problem, True, random.Random(3)).split("\n")
+    second = [i for i, (a, b) in enumerate(zip(readable, mixed)) if a != b]
+    assert second and len(second) < 5  # some lines, not all, for this seed
+    for i in second:
+        assert mixed[i] == second_notation(readable[i]) != readable[i] and not set("*+") & set(mixed[i])
+    assert second_notation("47*30=1200+210=1410") == "47乘30=1200加210=1410"
+    text = "\n".join(mixed)
+    assert readability_reward(text) == pytest.approx(1 - len(second) / 5)  # 5 thinking lines
+    assert language_reward(text, "en") == 0.0 and language_reward(text, "zh") == 1.0  # only CJK words in it
+    tok = build_tokenizer()
+    assert len(tok) == 105 and tok.unk_token_id not in tok(text).input_ids and tok.decode(tok(text).input_ids) == text
+    # over many traces about mixed_frac of the lines are in the second notation
+    rng, task = random.Random(0), MultiplicationTask(2, 2, 0.3)
+    lines = [x for _ in range(400) for x in task.trace(task.sample(rng), True, rng).split("\n")[1:-2]]
+    assert 0.27 < sum("乘" in x or "加" in x for x in lines) / len(lines) < 0.33
 
 
 def test_heldout_problems_never_sampled_for_training():

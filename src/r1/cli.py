@@ -9,6 +9,8 @@
     r1 sft [RECIPE] [key=value ...]     supervised fine-tuning on traces (sft_file=, init_from=; r1/sft.py)
     r1 sample MODEL --task TASK [--k K] [--out FILE.jsonl] [key=value ...]
                                         rejection sampling into an SFT-ready jsonl (r1/sample.py)
+    r1 pipeline RECIPE [key=value ...]  the R1 multi-stage recipe or distillation (r1/pipeline.py)
+    r1 pipeline --resume runs/<name>    skip finished stages, resume the interrupted one
 """
 
 from __future__ import annotations
@@ -250,6 +252,38 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_pipeline(args) -> int:
+    from r1.eval.command import EvalError
+    from r1.models.hf import ModelLoadError
+    from r1.models.prompts import PromptFormatError
+    from r1.pipeline import parse_recipe, prepare, run_pipeline
+    from r1.run import Interrupted as RlInterrupted
+    from r1.sft import Interrupted as SftInterrupted, SftError
+
+    items, run_dir = list(args.items), None
+    try:
+        if args.resume:
+            run_dir = Path(args.resume)
+            if not (run_dir / "recipe.yaml").is_file():
+                return _fail(f"--resume {args.resume!r}: expected a pipeline run directory with a recipe.yaml")
+            if items:
+                return _fail("--resume takes no recipe or key=value: the run's own recipe.yaml is used")
+            recipe = parse_recipe(run_dir / "recipe.yaml")
+        else:
+            if not items or "=" in items[0]:
+                return _fail("r1 pipeline: expected RECIPE first (e.g. configs/r1-tiny.yaml), then key=value")
+            recipe = parse_recipe(find_recipe(items[0]), items[1:])
+            run_dir = prepare(recipe)
+        run_pipeline(recipe, run_dir)
+    except (ConfigError, SftError, EvalError, ModelLoadError, PromptFormatError) as exc:
+        return _fail(str(exc))
+    except (RlInterrupted, SftInterrupted, KeyboardInterrupt):
+        print(f"r1: pipeline interrupted; finished stages and the running stage's last checkpoint are kept in "
+              f"{run_dir}; continue with: r1 pipeline --resume {run_dir}", file=sys.stderr)
+        return 130
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="r1", description="The DeepSeek-R1 recipe, runnable on any budget.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -286,6 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     p_sample.add_argument("--k", type=int, metavar="K", help="completions per prompt (default 4)")
     p_sample.add_argument("--out", metavar="FILE.jsonl", help="output (default runs/sample-<model>-<task>.jsonl); "
                           "the summary goes to FILE.summary.json")
+    p_pipe = sub.add_parser("pipeline", help="stages in order (cold start, RL, rejection sampling, SFT, RL, "
+                            "distillation), each in its own folder; resumable")
+    p_pipe.add_argument("items", nargs="*", metavar="RECIPE [key=value]",
+                        help="a pipeline recipe (configs/r1-tiny.yaml, configs/distill-tiny.yaml), then recipe "
+                             "parameters (teacher=...) or config keys shared by every stage (seed=...)")
+    p_pipe.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted pipeline in RUN_DIR")
     # key=value after an option (r1 eval MODEL --k 4 limit=2) is left over by argparse: it joins the items
     args, extra = parser.parse_known_args(argv)
     unknown = [x for x in extra if args.command not in ("eval", "sample") or x.startswith("-")]
@@ -299,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_sample(args)
     if args.command == "sft":
         return cmd_sft(args)
+    if args.command == "pipeline":
+        return cmd_pipeline(args)
     return cmd_score(args) if args.command == "score" else cmd_run(args)
 
 

@@ -52,6 +52,7 @@ class RunConfig:
     countdown_max_target: int = 100  # countdown: target is in 1..max
     countdown_test_file: str = ""  # optional jsonl of Countdown problems also evaluated (those that fit), e.g. cd3_test
     long_frac: float = 0.3  # share of base-corpus traces that reason step by step (the rest answer directly)
+    mixed_frac: float = 0.5  # multiplication: share of step-by-step lines written in the second notation (乘/加), R1-Zero's language mixing
 
     # --- policy from a local Hugging Face checkpoint (instead of the tiny model built and pretrained here) ---
     model_path: str = ""  # local causal-LM folder (config + safetensors + tokenizer); "" = build the tiny policy
@@ -84,6 +85,7 @@ class RunConfig:
 
     # --- GRPO (DeepSeek-R1 arXiv 2501.12948 §2.2 Eq. 1-3; DeepSeekMath arXiv 2402.03300 Eq. 3) ---
     rl_steps: int = 150  # GRPO steps (one rollout batch and num_iterations updates each)
+    rl_max_seconds: float = 0.0  # stop RL (finished, not interrupted) once its training time reaches this (s); 0 = off
     prompts_per_step: int = 16  # B: prompts per RL step
     group_size: int = 8  # G: completions sampled per prompt (R1 uses 16)
     max_new_tokens: int = 128  # completion length limit, tokens
@@ -176,7 +178,7 @@ class RunConfig:
             raise ConfigError(
                 f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}: "
                 "expected hidden_size divisible by num_heads into an even head size, and num_heads by num_kv_heads")
-        for key in ("long_frac",):
+        for key in ("long_frac", "mixed_frac"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected a value in [0, 1]")
         for key in ("temperature", "eval_temperature"):
@@ -190,7 +192,7 @@ class RunConfig:
         from r1.rewards.language import LANGUAGE_SCRIPTS
         if self.language not in LANGUAGE_SCRIPTS:
             raise ConfigError(f"language={self.language!r}: expected one of {', '.join(sorted(LANGUAGE_SCRIPTS))}")
-        for key in ("beta", "clip_eps", "format_weight", "adv_eps", "entropy_coef", "language_weight"):
+        for key in ("beta", "clip_eps", "format_weight", "adv_eps", "entropy_coef", "language_weight", "rl_max_seconds"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)}: expected >= 0")
         for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "max_position",
@@ -207,7 +209,7 @@ class RunConfig:
                                   "model folder with config, safetensors and tokenizer)")
             if self.base_from:
                 raise ConfigError("base_from and model_path are both set: expected at most one source of the base model")
-        elif self.lora_r or self.dtype != "float32":
+        elif (self.lora_r or self.dtype != "float32") and not self.init_from:  # init_from: SFT/pipeline's model
             raise ConfigError(f"lora_r={self.lora_r}, dtype={self.dtype!r}: LoRA and dtype apply to model_path "
                               "checkpoints; expected lora_r=0 and dtype=float32 for the tiny policy")
         if self.task in MATH_TASKS:
@@ -246,9 +248,14 @@ def _check_base(cfg: RunConfig) -> None:
 
     path = Path(cfg.base_from)
     hint = "expected a base checkpoint folder such as runs/r1-zero-mult/checkpoints/base"
-    if not (path / "model.safetensors").is_file() or not (path / "pretrain.json").is_file():
-        raise ConfigError(f"base_from={cfg.base_from!r}: no model.safetensors and pretrain.json there ({hint})")
+    if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
+        raise ConfigError(f"base_from={cfg.base_from!r}: no model.safetensors and config.json there ({hint})")
     saved = json.loads((path / "config.json").read_text())
+    from r1.models.tokenizer import build_tokenizer
+    vocab = len(build_tokenizer())
+    if saved.get("vocab_size") != vocab:
+        raise ConfigError(f"base_from={cfg.base_from!r}: its vocab_size={saved.get('vocab_size')} but the tiny "
+                          f"tokenizer has {vocab} tokens: expected a checkpoint built with this version of r1")
     for key, theirs in (("hidden_size", "hidden_size"), ("num_layers", "num_hidden_layers"),
                         ("num_heads", "num_attention_heads"), ("intermediate_size", "intermediate_size")):
         if saved.get(theirs) != getattr(cfg, key):

@@ -32,8 +32,11 @@ def plot_curves(rows: list[dict], plots: Path) -> list[str]:
     plots.mkdir(parents=True, exist_ok=True)
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("reward/accuracy", "accuracy"), ("reward/format", "format"),
-                       ("rollout/reasoning_frac", "share reasoning step by step")):
+    curves = [("reward/accuracy", "accuracy"), ("reward/format", "format"),
+              ("rollout/reasoning_frac", "share reasoning step by step")]
+    if rows and rows[0].get("rollout/readability") is not None:
+        curves.append(("rollout/readability", "readability (lines in the readable notation)"))
+    for key, label in curves:
         ax.plot(steps, [r[key] for r in rows], alpha=0.25)
         ax.plot(steps, _smooth([r[key] for r in rows]), label=label, color=ax.lines[-1].get_color())
     ax.set(xlabel="RL step", ylabel="mean over rollouts (T = 1.0)", ylim=(-0.02, 1.02),
@@ -92,7 +95,10 @@ def write_report(run_dir: Path, cfg, extra: dict | None = None) -> Path:
         f"The base model is a tiny Llama-class decoder pretrained {how_long} on a generated corpus in the "
         "R1-Zero template: it stands in for R1-Zero's pretrained base. A share of that corpus "
         f"({100 * cfg.long_frac:.0f}%) reasons step by step inside `<think>`; the rest answers directly. "
-        "GRPO with rule-based rewards (accuracy + format) then decides which style the policy keeps.", ""]
+        + (f"{100 * cfg.mixed_frac:.0f}% of the step-by-step lines are written in a second notation (`47乘30=1410`, "
+           "Chinese operator words), the stand-in for the mixed languages of R1-Zero's base; readability is the "
+           "share of thinking lines in the first. " if cfg.task == "multiplication" and cfg.mixed_frac else "")
+        + "GRPO with rule-based rewards (accuracy + format) then decides which style the policy keeps.", ""]
     if extra.get("status"):
         lines += [f"**Status:** {extra['status']}", ""]
     lines += ["## Held-out evaluation",
@@ -100,8 +106,8 @@ def write_report(run_dir: Path, cfg, extra: dict | None = None) -> Path:
               f"{cfg.eval_problems} held-out problems, {cfg.eval_k} samples each at T = {cfg.eval_temperature}, "
               f"top-p {cfg.eval_top_p} (the R1 protocol). Lengths in tokens.", "",
               "| problems | model | pass@1 | mean length | reasons step by step | pass@1 when reasoning "
-              "| pass@1 when direct | format ok | truncated |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| pass@1 when direct | format ok | readability | truncated |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name in sorted(evals, key=lambda n: (n.partition("-")[2], n.startswith("after"))):
         when, _, label = name.partition("-")
         s = evals[name]["summary"]
@@ -109,7 +115,7 @@ def write_report(run_dir: Path, cfg, extra: dict | None = None) -> Path:
         lines.append(f"| {label or ('test file' if cfg.model_path else 'generated held-out')}, {s['problems']} | {model} | {_fmt(s['pass@1'], True)} | "
                      f"{_fmt(s['len_mean'])} | {_fmt(s['reasoning_frac'], True)} | "
                      f"{_fmt(s.get('acc_reasoning'), True)} | {_fmt(s.get('acc_direct'), True)} | "
-                     f"{_fmt(s['format'], True)} | {_fmt(s['truncated_frac'], True)} |")
+                     f"{_fmt(s['format'], True)} | {_fmt(s.get('readability'), True)} | {_fmt(s['truncated_frac'], True)} |")
     lines += ["", "pass@1 when reasoning / direct: the share of correct completions among those whose thinking holds "
               "worked steps / among those that answer directly.", ""]
     if rows:
@@ -131,5 +137,5 @@ def write_report(run_dir: Path, cfg, extra: dict | None = None) -> Path:
         lines += [f"Wall time: {extra['wall_seconds']:.0f} s. Files: `config.yaml`, `metrics.jsonl`, `samples/`, "
                   "`checkpoints/`, `eval/`, `plots/`, `summary.json`.", ""]
     path = run_dir / "report.md"
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines), encoding="utf-8")
     return path

@@ -80,7 +80,12 @@ def _stage_base(cfg, run_dir, tokenizer, task, heldout_keys):
         console.print(f"[dim]base model: found {base_dir}, skipping pretraining[/]")
         return _load(base_dir), json.loads((base_dir / "pretrain.json").read_text())
     if cfg.base_from:  # same seed and architecture -> the same base; reuse it instead of pretraining again
-        shutil.copytree(cfg.base_from, base_dir)
+        # (a pipeline also starts RL here from an SFT checkpoint: its weights only, not its optimizer state)
+        tmp = _fresh_tmp(base_dir)
+        shutil.copytree(cfg.base_from, tmp, ignore=shutil.ignore_patterns("trainer_state.pt"))
+        if not (tmp / "pretrain.json").exists():
+            (tmp / "pretrain.json").write_text(json.dumps({"copied_from": str(Path(cfg.base_from).resolve())}, indent=1))
+        tmp.rename(base_dir)  # complete or absent: a kill during the copy leaves only the .tmp folder
         console.print(f"[dim]base model: copied from {cfg.base_from}[/]")
         return _load(base_dir), json.loads((base_dir / "pretrain.json").read_text())
     model = build_policy(cfg, tokenizer, cfg.seed)
@@ -95,10 +100,20 @@ def _stage_base(cfg, run_dir, tokenizer, task, heldout_keys):
             bar.update(t, advance=1, rate=f"{rate:.1f} steps/s", info=f"loss {loss:.3f}")
         info = pretrain(model, tokenizer, task, heldout_keys, cfg, tick)
     info["seconds"] = time.time() - start
-    model.save_pretrained(base_dir)
-    tokenizer.save_pretrained(base_dir)
-    (base_dir / "pretrain.json").write_text(json.dumps(info, indent=1))
+    tmp = _fresh_tmp(base_dir)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "pretrain.json").write_text(json.dumps(info, indent=1))
+    tmp.rename(base_dir)  # complete or absent, never half-written
     return model, info
+
+
+def _fresh_tmp(path: Path) -> Path:
+    """``path`` + ``.tmp``, emptied (a kill may have left one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    return tmp
 
 
 def _stage_eval(cfg, run_dir, model, tokenizer, task, problems, when, label=""):
@@ -117,7 +132,8 @@ def _stage_eval(cfg, run_dir, model, tokenizer, task, problems, when, label=""):
     path.write_text(json.dumps(result, indent=1))
     s = result["summary"]
     console.print(f"eval {when} RL{label}: pass@1 {100 * (s['pass@1'] or 0):.1f}%, mean length {s['len_mean']:.1f} tokens, "
-                  f"reasoning {100 * s['reasoning_frac']:.0f}%, format {100 * s['format']:.0f}%")
+                  f"reasoning {100 * s['reasoning_frac']:.0f}%, format {100 * s['format']:.0f}%"
+                  + (f", readability {100 * s['readability']:.0f}%" if s.get("readability") is not None else ""))
     return s
 
 
@@ -146,6 +162,7 @@ def _eval_during_rl(cfg, policy, tokenizer, task, problems) -> dict:
     policy.train()
     return {"eval/pass@1": s["pass@1"], "eval/len_mean": s["len_mean"], "eval/len_correct": s["len_correct"],
             "eval/reasoning_frac": s["reasoning_frac"], "eval/format": s["format"],
+            "eval/language": s["language"], "eval/readability": s["readability"],
             "eval/seconds": time.time() - start}
 
 
@@ -190,7 +207,7 @@ def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys, eval_problems=(
             if int(path.stem.split("-")[1]) > start_step:
                 path.unlink()
         console.print(f"[dim]RL: resuming from {ckpts[-1].name}[/]")
-    if start_step >= cfg.rl_steps:
+    if start_step >= cfg.rl_steps or _out_of_time(cfg, rows):
         return policy
     policy.train()
     stop, restore = stop_on_ctrl_c("[yellow]Ctrl-C: finishing this step, then saving a checkpoint and the report[/]")
@@ -220,15 +237,22 @@ def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys, eval_problems=(
                         f"format {row['reward/format']:.2f} | len {row['rollout/len_mean']:.1f} | "
                         f"reasoning {row['rollout/reasoning_frac']:.2f} | kl {row['train/kl']:.4f} | "
                         f"gen {row['time/generate_s']:.2f}s upd {row['time/update_s']:.2f}s")
-                last = step + 1 == cfg.rl_steps
+                last = step + 1 == cfg.rl_steps or _out_of_time(cfg, [row])
                 if (step + 1) % cfg.save_every == 0 or last or stop["asked"]:
                     save_checkpoint(run_dir / "checkpoints" / f"step-{step + 1:06d}", policy, tokenizer, optimizer,
                                     step + 1, reference if cfg.ref_refresh_every else None)
                 if stop["asked"] and not last:
                     raise Interrupted(step + 1)
+                if last:
+                    break
     finally:
         restore()
     return policy
+
+
+def _out_of_time(cfg, rows: list[dict]) -> bool:
+    """True when ``rl_max_seconds`` is set and the last row's training time (evaluations excluded) reached it."""
+    return bool(cfg.rl_max_seconds and rows and rows[-1].get("time/elapsed_s", 0.0) >= cfg.rl_max_seconds)
 
 
 def prepare_run_dir(cfg: RunConfig) -> Path:

@@ -214,7 +214,7 @@ def sample_to_file(cfg: RunConfig, opts: SampleOptions, model_dir: str | Path, o
         rows, counts = rejection_sample(model, tokenizer, task, problems, cfg, opts, lambda n: bar.update(
             t, completed=n, rate=f"{n / max(1e-9, time.time() - t0):.1f} samples/s"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     summary = {"model": str(Path(model_dir).resolve()), "task": cfg.task, "out": str(out.resolve()),
                "options": dataclasses.asdict(opts), "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,
                "prompt_format": cfg.prompt_format, "filters": list(FILTERS), **counts,

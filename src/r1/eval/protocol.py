@@ -13,6 +13,7 @@ import torch
 
 from r1.models.prompts import grading_text, prompt_for
 from r1.rewards.format import extract_answer
+from r1.rewards.language import language_reward, readability_reward
 from r1.rewards.math import final_answer
 from r1.rl.trainer import nanmean, score
 from r1.rollout.engine import generate_rollouts
@@ -44,7 +45,8 @@ def distinct_problems(draw, n: int) -> list:
 
 
 def evaluate(model, tokenizer, task, problems: list, cfg, progress=None, on_chunk=None) -> dict:
-    """pass@1 over ``cfg.eval_k`` samples per problem, mean length, format and reasoning shares.
+    """pass@1 over ``cfg.eval_k`` samples per problem, mean length, format and reasoning shares, and the mean
+    language-consistency reward (``cfg.language``) and, for multiplication, readability stand-in of the thinking.
 
     Sampling is seeded here (``cfg.seed``), so one call gives the same completions whatever ran before it.
     ``cfg.eval_batch_size`` fixes how problems are chunked, which is part of the random stream.
@@ -76,13 +78,16 @@ def evaluate(model, tokenizer, task, problems: list, cfg, progress=None, on_chun
             on_chunk(len(texts), int(sum(lengths)))
     answers = [p.answer for p in problems for _ in range(k)]
     scores = score(task, texts, answers, cfg.format_weight)
+    language = [language_reward(t, getattr(cfg, "language", "en")) for t in texts]
+    readable = [readability_reward(t) for t in texts] if task.name == "multiplication" else None
     correct = scores.accuracy.view(-1, k)  # [n, k]; NaN where the gold answer is unparseable
     records = []
     for i, p in enumerate(problems):
         records.append({"question": p.question, "answer": p.answer, "samples": [
             {"completion": texts[i * k + j], "extracted": extracted_answer(task, texts[i * k + j]),
              "correct": _correct(correct[i, j]), "format": scores.format[i * k + j].item(),
-             "reasons": bool(scores.reasons[i * k + j]), "length": lengths[i * k + j],
+             "reasons": bool(scores.reasons[i * k + j]), "language": language[i * k + j],
+             "readability": None if readable is None else readable[i * k + j], "length": lengths[i * k + j],
              "truncated": truncated[i * k + j]} for j in range(k)]})
     lens = torch.tensor(lengths, dtype=torch.float)
     ok = scores.accuracy > 0
@@ -97,6 +102,8 @@ def evaluate(model, tokenizer, task, problems: list, cfg, progress=None, on_chun
         "acc_reasoning": nanmean(scores.accuracy[reasons]),
         "acc_direct": nanmean(scores.accuracy[~reasons]),
         "format": scores.format.mean().item(),
+        "language": sum(language) / len(language),  # R1 §2.3.2 language consistency of the thinking, mean
+        "readability": None if readable is None else sum(readable) / len(readable),  # tiny-task stand-in, mean
         "truncated_frac": sum(truncated) / len(truncated),
         "problems": len(problems),
         "k": k,

@@ -15,7 +15,7 @@ def build_policy(cfg, tokenizer, seed: int) -> PreTrainedModel:
     newlines of our character-level tokenizer. A ``llama`` checkpoint keeps the
     saved tokenizer, so it reloads exactly with plain ``AutoTokenizer``.
 
-    The defaults (hidden 128, 4 layers, MLP 384, vocabulary 103) give ~0.8M
+    The defaults (hidden 128, 4 layers, MLP 384, vocabulary 105) give ~0.8M
     parameters, which trains at ~15k tokens/s on 2 CPU cores (measured with torch 2.13).
     Input and output embeddings are tied, as in small Qwen2 models.
     """

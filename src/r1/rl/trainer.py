@@ -39,6 +39,7 @@ class Scores:
     total: torch.Tensor  # accuracy + format_weight * format
     reasons: torch.Tensor  # 1.0 if the thinking holds worked steps
     language: torch.Tensor | None = None  # language-consistency (or readability) reward, when weighted
+    readability: torch.Tensor | None = None  # multiplication: readability stand-in, always measured (not rewarded unless weighted)
 
 
 def score(task, texts: list[str], answers: list[str], format_weight: float, language_weight: float = 0.0,
@@ -59,7 +60,11 @@ def score(task, texts: list[str], answers: list[str], format_weight: float, lang
         lang = torch.tensor([readability_reward(t) if consistency == "readability" else language_reward(t, language)
                              for t in texts])
         total = total + language_weight * lang
-    return Scores(acc, fmt, total, reasons, lang)
+    readable = None
+    if getattr(task, "name", "") == "multiplication":
+        from r1.rewards.language import readability_reward
+        readable = torch.tensor([readability_reward(t) for t in texts])
+    return Scores(acc, fmt, total, reasons, lang, readable)
 
 
 def policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages: torch.Tensor, cfg) -> dict:
@@ -134,7 +139,8 @@ def _merge_rounds(kept: list, G: int, B: int, pad_id: int):
     """
     if not any(k[4] for k in kept):
         kept[-1] = kept[-1][:4] + (list(range(B)),)
-    fields = ("accuracy", "format", "total", "reasons") + (("language",) if kept[0][3].language is not None else ())
+    fields = [f for f in ("accuracy", "format", "total", "reasons", "language", "readability")
+              if getattr(kept[0][3], f) is not None]
     parts, prompts, answers, per_round = [], [], [], []
     for p, a, b, s_, groups in kept:
         rows = [g * G + j for g in groups for j in range(G)]
@@ -144,7 +150,7 @@ def _merge_rounds(kept: list, G: int, B: int, pad_id: int):
         per_round.append([getattr(s_, f)[rows] for f in fields])
     n_rows = min(B, len(prompts)) * G
     batch = concat_rollouts(parts, pad_id).select(list(range(n_rows)))
-    scores = Scores(*(torch.cat([r[i] for r in per_round])[:n_rows] for i in range(len(fields))))
+    scores = Scores(**{f: torch.cat([r[i] for r in per_round])[:n_rows] for i, f in enumerate(fields)})
     return prompts[:n_rows // G], answers[:n_rows], batch, scores
 
 
@@ -189,6 +195,7 @@ def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: s
         "rollout/len_correct": lengths[correct].mean().item() if correct.any() else None,
         "rollout/len_incorrect": lengths[~correct].mean().item() if (~correct).any() else None,
         "rollout/reasoning_frac": scores.reasons.mean().item(),
+        **({"rollout/readability": scores.readability.mean().item()} if scores.readability is not None else {}),
         "rollout/truncated_frac": batch.truncated.float().mean().item(),
         "rollout/zero_std_frac": zero_std,
         "train/loss": stats["loss"],

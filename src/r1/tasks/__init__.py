@@ -13,7 +13,7 @@ def make_task(cfg):
     """
     if cfg.task == "multiplication":
         from r1.tasks.multiplication import MultiplicationTask
-        return MultiplicationTask(cfg.digits[0], cfg.digits[1])
+        return MultiplicationTask(cfg.digits[0], cfg.digits[1], getattr(cfg, "mixed_frac", 0.0))
     if cfg.task in MATH_TASKS:
         from r1.tasks.math import DEFAULT_FIELDS, Fields, MathTask
         default = DEFAULT_FIELDS[cfg.task]

@@ -19,6 +19,19 @@ The base corpus mixes two styles (the latent reasoning that RL can elicit):
       <think>
       </think>
       <answer>1786</answer>
+
+**Mixed language.** R1-Zero's chains of thought mixed languages because its base had read reasoning
+in several (R1 §2.3). The corpus reproduces that: each step-by-step line is written, with probability
+``mixed_frac``, in a second notation whose operators are Chinese words (``乘`` times, ``加`` plus),
+the same arithmetic in another script::
+
+      47乘8=320加56=376
+      47*30=1200+210=1410
+      1410加300=1710
+
+Both notations are equally easy (the same digits and steps), so accuracy alone gives RL no reason to
+prefer one; the readability stand-in (``r1.rewards.language.readability_reward``: the share of
+thinking lines in the first notation) and the language-consistency reward can.
 """
 
 from __future__ import annotations
@@ -53,13 +66,18 @@ def multiplication_verifier(completion: str, answer: str) -> float:
     return 1.0 if int(got) == int(answer) else 0.0
 
 
+def second_notation(line: str) -> str:
+    """``line`` with its operators written as Chinese words: ``47*30=1200+210=1410`` -> ``47乘30=1200加210=1410``."""
+    return line.replace("*", "乘").replace("+", "加")
+
+
 class MultiplicationTask:
     """Products of a ``d1``-digit and a ``d2``-digit number."""
 
     name = "multiplication"
 
-    def __init__(self, d1: int = 2, d2: int = 2):
-        self.d1, self.d2 = d1, d2
+    def __init__(self, d1: int = 2, d2: int = 2, mixed_frac: float = 0.0):
+        self.d1, self.d2, self.mixed_frac = d1, d2, mixed_frac
 
     def sample(self, rng: random.Random) -> Problem:
         a = rng.randint(10 ** (self.d1 - 1), 10 ** self.d1 - 1)
@@ -70,8 +88,11 @@ class MultiplicationTask:
     def verify(self, completion: str, answer: str) -> float:
         return multiplication_verifier(completion, answer)
 
-    def trace(self, problem: Problem, long: bool, rng: random.Random) -> str:
+    def trace(self, problem: Problem, long: bool, rng: random.Random, mixed_frac: float | None = None) -> str:
         """The base-corpus completion for ``problem``: step by step if ``long``, else direct.
+
+        Each step-by-step line is written in the second notation (module docstring) with probability
+        ``mixed_frac`` (default: the task's); 0 gives the readable trace and draws nothing from ``rng``.
 
         The long style multiplies by one digit of ``b`` per line, split by the
         digits of ``a`` (``47*8=320+56=376``), then adds the partial products one
@@ -99,6 +120,9 @@ class MultiplicationTask:
                 if step:
                     lines.append(f"{total}+{step}={total + step}")
                     total += step
+        mixed_frac = self.mixed_frac if mixed_frac is None else mixed_frac
+        if mixed_frac > 0:
+            lines = [second_notation(x) if rng.random() < mixed_frac else x for x in lines]
         return "<think>\n" + "\n".join(lines) + "\n</think>\n" + f"<answer>{a * b}</answer>"
 
     def reasons(self, completion: str) -> bool:
