@@ -1,0 +1,264 @@
+"""Seconds per GRPO step: r1 against TRL's GRPOTrainer doing the same work, side by side on this machine.
+
+    .venv/bin/pip install "trl==1.16.0"          # benchmark-only (pip install -e ".[bench]"); never a runtime dependency
+    .venv/bin/python benchmarks/grpo_step.py                      # the issue's table: {1M, 10M} x {beta 0.04, 0} x {G 8, 16}
+    .venv/bin/python benchmarks/grpo_step.py --configs 1M:0.04:8 --steps 12 --out /tmp/t.md
+
+Same work for both engines (each config, each engine in its own fresh subprocess, so peak RSS is its own):
+the same Qwen2 weights (built from a config with a fixed seed, saved once, loaded by both), r1's character
+tokenizer, the same prompts in the same order (the main job's 2-digit multiplication problems as r1's
+trainer draws them), 8 prompts x G completions per step sampled at temperature 1.0 with no top-k / top-p
+(full sampling, no greedy shortcut), at most 64 new tokens, the same reward (exact-product accuracy +
+format), beta (a reference forward when beta > 0), learning rate 1e-5 constant, clip 0.2, token-mean loss
+(TRL's default ``loss_type="dapo"``; r1 ``loss_aggregation=token_mean``), one optimizer step over all
+completions per rollout batch (TRL ``steps_per_generation=1``, ``num_iterations=1``). fp32, 2 threads.
+
+Reported per engine (median over ``--steps`` steps after ``--warmup``): seconds per step, and inside it
+generate / reward / update seconds (TRL: its ``_generate`` and ``_calculate_rewards`` timed by wrapping,
+update = step - generate - reward, which holds the reference and loss forward, backward and the optimizer);
+generated tokens/s (completion tokens incl. EOS / generate seconds); trained tokens/s (prompt + completion
+tokens / update seconds); peak RSS (MB, ``ru_maxrss`` of the subprocess); the ratio TRL / r1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SIZES = {  # Qwen2 sizes around 1M and 10M parameters with r1's 105-token character vocabulary
+    "1M": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+               intermediate_size=384),
+    "10M": dict(hidden_size=320, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+                intermediate_size=1024),
+}
+DEFAULT_CONFIGS = [f"{s}:{b}:{g}" for s in ("1M", "10M") for b in ("0.04", "0") for g in ("8", "16")]
+PROMPTS_PER_STEP, MAX_NEW, LR, SEED = 8, 64, 1e-5, 0
+
+
+def build_model(size: str, out: Path) -> Path:
+    """Save a Qwen2 model of ``size`` (random weights, seed 0) with r1's tokenizer into ``out``."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from r1.models.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    torch.manual_seed(SEED)
+    cfg = Qwen2Config(vocab_size=len(tok), max_position_embeddings=256, tie_word_embeddings=True,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
+                      **SIZES[size])
+    model = Qwen2ForCausalLM(cfg)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def step_problems(task, step: int) -> list:
+    """The prompts r1's trainer draws at ``step`` (``r1.rl.trainer.rl_step``: rng ``{seed}/rl/{step}``)."""
+    from r1.pretrain import sample_train_problem
+
+    rng = random.Random(f"{SEED}/rl/{step}")
+    return [sample_train_problem(task, rng, set()) for _ in range(PROMPTS_PER_STEP)]
+
+
+def reward_total(task, text: str, answer: str) -> float:
+    """accuracy + format, exactly r1's ``score`` with format_weight 1."""
+    from r1.rewards.format import format_reward
+    return task.verify(text, answer) + format_reward(text)
+
+
+# ------------------------------------------------------------------------------------------- engines
+
+
+def run_r1(model_dir: Path, beta: float, G: int, steps: int) -> list[dict]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from r1.config import load_config
+    from r1.models.tokenizer import build_tokenizer
+    from r1.rl.trainer import rl_step
+    from r1.tasks.multiplication import MultiplicationTask
+
+    cfg = load_config(None, [f"prompts_per_step={PROMPTS_PER_STEP}", f"group_size={G}", f"max_new_tokens={MAX_NEW}",
+                             "temperature=1.0", f"beta={beta}", f"lr={LR}", "clip_eps=0.2",
+                             "loss_aggregation=token_mean", "num_iterations=1", f"seed={SEED}"])
+    tok, task = build_tokenizer(), MultiplicationTask(2, 2)
+    policy = AutoModelForCausalLM.from_pretrained(model_dir)
+    reference = AutoModelForCausalLM.from_pretrained(model_dir).eval().requires_grad_(False) if beta > 0 else None
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=LR, betas=(0.9, 0.99),
+                            weight_decay=0.0)
+    policy.train()
+    rows = []
+    for step in range(steps):
+        t0 = time.perf_counter()
+        row, samples = rl_step(step, policy, reference, opt, tok, task, set(), cfg)
+        total = time.perf_counter() - t0
+        rows.append({"step_s": total, "generate_s": row["time/generate_s"], "reward_s": row["time/reward_s"],
+                     "update_s": row["time/update_s"], "completion_tokens": row["rollout/len_mean"] * len(samples),
+                     "prompt_tokens": sum(len(tok(s["prompt"], add_special_tokens=False).input_ids) for s in samples),
+                     "accuracy": row["reward/accuracy"]})
+    return rows
+
+
+def run_trl(model_dir: Path, beta: float, G: int, steps: int) -> list[dict]:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from r1.models.tokenizer import build_tokenizer, prompt_text
+    from r1.tasks.multiplication import MultiplicationTask
+
+    tok, task = build_tokenizer(), MultiplicationTask(2, 2)
+    problems = [p for s in range(steps) for p in step_problems(task, s)]
+    data = Dataset.from_list([{"prompt": prompt_text(tok, p.question), "answer": p.answer} for p in problems])
+    specials = {tok.pad_token_id, tok.eos_token_id}
+
+    def reward(prompts, completions, completion_ids, answer, **kwargs):  # decode keeping <think>/<answer> tags
+        texts = [tok.decode([i for i in ids if i not in specials], skip_special_tokens=False) for ids in completion_ids]
+        return [reward_total(task, t, a) for t, a in zip(texts, answer)]
+
+    args = GRPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=PROMPTS_PER_STEP * G,
+                      num_generations=G, max_completion_length=MAX_NEW, temperature=1.0, top_p=1.0, top_k=0,
+                      beta=beta, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, epsilon=0.2,
+                      loss_type="dapo", num_iterations=1, steps_per_generation=1, max_steps=steps,
+                      shuffle_dataset=False, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+                      logging_steps=1, seed=SEED, disable_tqdm=True, max_grad_norm=1.0,
+                      adam_beta1=0.9, adam_beta2=0.99, weight_decay=0.0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok)
+    timers = {"generate_s": 0.0, "reward_s": 0.0, "completion_tokens": 0, "prompt_tokens": 0}
+
+    def timed(name, fn, count=None):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            timers[name] += time.perf_counter() - t0
+            if count:
+                count(a, out)
+            return out
+        return wrapper
+
+    def count_tokens(a, out):  # _calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        timers["completion_tokens"] += sum(min(len(c) + 1, MAX_NEW) for c in a[3])
+        timers["prompt_tokens"] += sum(len(tok(p, add_special_tokens=False).input_ids) for p in a[1])
+
+    trainer._generate = timed("generate_s", trainer._generate)
+    trainer._calculate_rewards = timed("reward_s", trainer._calculate_rewards, count_tokens)
+    rows: list[dict] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+            for key in timers:
+                timers[key] = 0
+            return None
+
+        def on_step_end(self, *a, **k):
+            total = time.perf_counter() - self.t0
+            rows.append({"step_s": total, "generate_s": timers["generate_s"], "reward_s": timers["reward_s"],
+                         "update_s": total - timers["generate_s"] - timers["reward_s"],
+                         "completion_tokens": timers["completion_tokens"], "prompt_tokens": timers["prompt_tokens"]})
+            return None
+
+    trainer.add_callback(Clock())
+    torch.manual_seed(SEED)
+    trainer.train()
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- driver
+
+
+def one(engine: str, size: str, beta: float, G: int, steps: int, model_dir: Path) -> dict:
+    """Run one engine on one config in this process; return the per-step rows and the peak RSS."""
+    import torch
+    torch.set_num_threads(2)
+    rows = (run_r1 if engine == "r1" else run_trl)(model_dir, beta, G, steps)
+    return {"rows": rows, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def summarize(result: dict, warmup: int) -> dict:
+    rows = result["rows"][warmup:]
+    med = {k: statistics.median(r[k] for r in rows) for k in ("step_s", "generate_s", "reward_s", "update_s")}
+    gen_tok = sum(r["completion_tokens"] for r in rows) / max(1e-9, sum(r["generate_s"] for r in rows))
+    trained = sum(r["completion_tokens"] + r["prompt_tokens"] for r in rows) / max(1e-9, sum(r["update_s"] for r in rows))
+    return {**med, "gen_tokens_per_s": gen_tok, "trained_tokens_per_s": trained, "peak_rss_mb": result["peak_rss_mb"],
+            "steps": len(rows)}
+
+
+def table(results: dict) -> str:
+    head = ("| model | beta | G | engine | s/step | generate s | reward s | update s | generated tok/s | "
+            "trained tok/s | peak RSS MB |")
+    lines = [head, "|" + "---|" * 11]
+    for (size, beta, G), eng in results.items():
+        for name in ("trl", "r1"):
+            s = eng.get(name)
+            if s:
+                lines.append(f"| {size} | {beta} | {G} | {name} | {s['step_s']:.3f} | {s['generate_s']:.3f} | "
+                             f"{s['reward_s']:.3f} | {s['update_s']:.3f} | {s['gen_tokens_per_s']:.0f} | "
+                             f"{s['trained_tokens_per_s']:.0f} | {s['peak_rss_mb']:.0f} |")
+        if eng.get("trl") and eng.get("r1"):
+            t, r = eng["trl"], eng["r1"]
+            ratio = lambda k: t[k] / r[k] if r[k] else float("nan")  # noqa: E731
+            inv = lambda k: r[k] / t[k] if t[k] else float("nan")  # noqa: E731
+            lines.append(f"| {size} | {beta} | {G} | **TRL / r1** | **{ratio('step_s'):.2f}x** | {ratio('generate_s'):.2f}x | "
+                         f"{ratio('reward_s'):.2f}x | {ratio('update_s'):.2f}x | {inv('gen_tokens_per_s'):.2f}x | "
+                         f"{inv('trained_tokens_per_s'):.2f}x | {t['peak_rss_mb'] / r['peak_rss_mb']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="SIZE:BETA:G,... (default: the issue's 8)")
+    ap.add_argument("--engines", default="trl,r1")
+    ap.add_argument("--steps", type=int, default=12, help="measured steps after warm-up (median over them)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--out", help="also write the table (Markdown) and the raw rows (.json beside it) here")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: ENGINE:SIZE:BETA:G:MODEL_DIR -> JSON on stdout
+    args = ap.parse_args()
+    if args.one:
+        engine, size, beta, G, model_dir = args.one.split(":", 4)
+        print(json.dumps(one(engine, size, float(beta), int(G), args.steps + args.warmup, Path(model_dir))))
+        return 0
+    results, raw = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {}
+        for item in args.configs.split(","):
+            size, beta, G = item.split(":")
+            if size not in models:
+                models[size] = build_model(size, Path(tmp) / size)
+            for engine in args.engines.split(","):
+                cmd = [sys.executable, __file__, "--one", f"{engine}:{size}:{beta}:{G}:{models[size]}",
+                       "--steps", str(args.steps), "--warmup", str(args.warmup)]
+                t0 = time.time()
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+                if proc.returncode:
+                    print(proc.stderr[-3000:], file=sys.stderr)
+                    return 1
+                res = json.loads(proc.stdout.strip().splitlines()[-1])
+                raw[f"{engine}:{item}"] = res
+                results.setdefault((size, beta, G), {})[engine] = summarize(res, args.warmup)
+                s = results[(size, beta, G)][engine]
+                print(f"{engine:4s} {item:12s} {s['step_s']:.3f} s/step (gen {s['generate_s']:.3f}, reward "
+                      f"{s['reward_s']:.3f}, update {s['update_s']:.3f}), peak RSS {s['peak_rss_mb']:.0f} MB "
+                      f"[{time.time() - t0:.0f} s]", flush=True)
+    text = table(results)
+    print("\n" + text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        Path(args.out).with_suffix(".json").write_text(json.dumps(raw, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
