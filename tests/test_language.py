@@ -55,14 +55,17 @@ def test_language_weight_is_summed_into_the_total_and_zero_weight_changes_nothin
     task = MultiplicationTask(2, 2)
     texts = ["<think>\n12*4=48\n</think>\n<answer>48</answer>",  # right, well-formed, English script
              "<think>\n我想 12*4=48\n</think>\n<answer>48</answer>",  # right, but the thinking is in Chinese
-             "<think>\n</think>\n<answer>47</answer>"]  # wrong, empty thinking (language share 1.0)
+             "<think>\n</think>\n<answer>48</answer>"]  # right, empty thinking: no consistency credit in RL
     answers = ["48", "48", "48"]
     plain = score(task, texts, answers, 1.0)
-    assert plain.language is None and plain.total.tolist() == [2.0, 2.0, 1.0]
+    assert plain.language is None and plain.total.tolist() == [2.0, 2.0, 2.0]
     weighted = score(task, texts, answers, 1.0, language_weight=0.5)
     # thinking of text 2: words "我", "想" (CJK, one word per character) -> 0 of 2 Latin words; digits are not letters
-    assert weighted.language.tolist() == [1.0, 0.0, 1.0]
-    assert weighted.total.tolist() == [2.5, 2.0, 1.5]
+    assert weighted.language.tolist() == [1.0, 0.0, 0.0]  # skipping the thinking does not pay (as a metric: 1.0)
+    assert weighted.total.tolist() == [2.5, 2.0, 2.0]
+    assert language_reward(texts[2]) == 1.0 and readability_reward(texts[2]) == 1.0
+    readable = score(task, texts, answers, 1.0, language_weight=0.5, consistency="readability")
+    assert readable.language.tolist() == [1.0, 0.0, 0.0]  # line 2 "我想 12*4=48" is not in the trace grammar
     assert torch.equal(weighted.accuracy, plain.accuracy) and torch.equal(weighted.format, plain.format)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -153,12 +154,19 @@ def test_parameters_and_command_line_keys(tmp_path):
     s = recipe.stage("s")
     assert stage_config(recipe, s).seed == 9 and stage_config(recipe, s).eval_k == 4  # the command line wins
     assert recipe.source["params"]["teacher"] == "/some/where" and recipe.source["forced"] == {"seed": "9"}
+    for bad, message in (("s.limit=abc", "option limit='abc', expected int"), ("s.k=0", "k=0: expected >= 1")):
+        with pytest.raises(ConfigError, match=re.escape(message)):  # checked before anything runs
+            parse_recipe(path, [bad])
     recipe = parse_recipe(path, ["s.limit=7", "s.eval_k=2", "teacher=/x"])  # STAGE.key: one stage's option / key
     assert recipe.stage("s").options == {"limit": 7} and stage_config(recipe, recipe.stage("s")).eval_k == 2
     with pytest.raises(ConfigError, match="no stage named 't'"):
         parse_recipe(path, ["t.limit=7"])
+    with pytest.raises(ConfigError, match="'k' is not a config key$"):
+        parse_recipe(path, ["teacher.k=7"])  # a model stage has no options
+    with pytest.raises(ConfigError, match="'limt' is not a config key nor an option of stage 's' \\(k, language, limit, "):
+        parse_recipe(path, ["s.limt=7"])
     with pytest.raises(ConfigError, match="kind model takes no set"):
-        parse_recipe(path, ["teacher.k=7"])  # a model stage has no options and trains nothing
+        parse_recipe(path, ["teacher.seed=7"])  # a model stage trains nothing
     assert main(["pipeline", "--resume", str(tmp_path)]) == 2
     assert main(["pipeline", "seed=1"]) == 2
 
@@ -236,3 +244,36 @@ def test_stage_clock_counts_an_attempt_killed_without_warning(tmp_path):
     total = second.stop()
     assert 0.3 <= total <= 0.6 and json.loads((tmp_path / "attempts.json").read_text()) == {"seconds": total,
                                                                                             "running": 0.0}
+
+
+def test_bad_trace_count_stops_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError, match=re.escape("option n='abc', expected a number of traces >= 1")):
+        parse_recipe(write_recipe(tmp_path), ["cold-start-data.n=abc"])
+
+
+def test_sampling_that_keeps_nothing_for_a_later_sft_stops_unfinished(tmp_path, capsys):
+    stages = [dict(s) for s in STAGES[:5]] + [{"name": "sft", "kind": "sft", "from": "base", "data": "rs"}]
+    stages[3] = dict(stages[3], set={"rl_steps": 1})
+    assert main(["pipeline", str(write_recipe(tmp_path, stages))]) == 2  # a random micro model verifies nothing
+    err = capsys.readouterr().err
+    assert "stage 'rs': kept 0 of 8 completions" in err and "nothing to fine-tune on" in err and "\n" not in err.strip()
+    run = tmp_path / "runs" / "micro"
+    assert (run / "rl" / "stage.json").exists() and not (run / "rs" / "stage.json").exists()
+    assert json.loads((run / "rs" / "samples.summary.json").read_text())["kept"] == 0
+
+
+def test_inputs_that_must_exist_are_checked_before_the_run_directory(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"pipeline": "p", "runs_dir": str(tmp_path / "runs"), "params": {"teacher": "x"},
+                                    "stages": [{"name": "teacher", "kind": "model", "path": "${teacher}"}]}))
+    assert main(["pipeline", str(path), f"teacher={tmp_path / 'nowhere'}"]) == 2
+    (tmp_path / "pipe" / "final-rl").mkdir(parents=True)
+    (tmp_path / "pipe" / "recipe.yaml").write_text("pipeline: x\n")
+    assert main(["pipeline", str(path), f"teacher={tmp_path / 'pipe'}"]) == 2
+    assert main(["pipeline", str(path), "teachr=/x"]) == 2
+    assert main(["pipeline", "no-such-recipe.yaml"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "path=" in err[0] and "is a pipeline run: expected one of its model stages" in err[1]
+    assert "'teachr' is neither a parameter of this recipe (parameters: teacher) nor a config key" in err[2]
+    assert "expected a pipeline recipe such as configs/r1-tiny.yaml" in err[3]
+    assert not (tmp_path / "runs").exists()  # no run directory was left behind

@@ -256,7 +256,7 @@ def cmd_pipeline(args) -> int:
     from r1.eval.command import EvalError
     from r1.models.hf import ModelLoadError
     from r1.models.prompts import PromptFormatError
-    from r1.pipeline import parse_recipe, prepare, run_pipeline
+    from r1.pipeline import check_inputs, parse_recipe, prepare, run_pipeline
     from r1.run import Interrupted as RlInterrupted
     from r1.sft import Interrupted as SftInterrupted, SftError
 
@@ -272,7 +272,13 @@ def cmd_pipeline(args) -> int:
         else:
             if not items or "=" in items[0]:
                 return _fail("r1 pipeline: expected RECIPE first (e.g. configs/r1-tiny.yaml), then key=value")
-            recipe = parse_recipe(find_recipe(items[0]), items[1:])
+            try:
+                path = find_recipe(items[0])
+            except ConfigError:
+                return _fail(f"recipe {items[0]!r} not found (looked in ., ./configs and the r1 repository's "
+                             "configs/): expected a pipeline recipe such as configs/r1-tiny.yaml")
+            recipe = parse_recipe(path, items[1:])
+            check_inputs(recipe)
             run_dir = prepare(recipe)
         run_pipeline(recipe, run_dir)
     except (ConfigError, SftError, EvalError, ModelLoadError, PromptFormatError) as exc:

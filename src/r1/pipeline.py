@@ -144,7 +144,8 @@ def parse_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe
     shared = {k: v for k, v in raw.items()
               if k not in ("pipeline", "params", "stages", "forced") and not str(k).startswith("x-")}
     forced = dict(raw.get("forced") or {})
-    names = {e.get("name") for e in raw["stages"] if isinstance(e, dict)}
+    names = [e.get("name") for e in raw["stages"] if isinstance(e, dict)]
+    config_keys = {f.name for f in dataclasses.fields(RunConfig)}
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -153,11 +154,19 @@ def parse_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe
         if dot and stage_name in names:  # STAGE.KEY=VALUE: one stage's option (sample, traces) or config key
             entry = next(e for e in raw["stages"] if e.get("name") == stage_name)
             section = "options" if entry.get("kind") in ("sample", "traces") and stage_key in _OPTION_KEYS else "set"
+            if section == "set" and stage_key not in config_keys:
+                options = sorted(_OPTION_KEYS - {"n", "file"}) if entry.get("kind") == "sample" else \
+                    ["n", "file"] if entry.get("kind") == "traces" else []
+                raise ConfigError(f"argument {item!r}: {stage_key!r} is not a config key"
+                                  + (f" nor an option of stage {stage_name!r} ({', '.join(options)})" if options else ""))
             entry[section] = dict(entry.get(section) or {}, **{stage_key: yaml.safe_load(value) if value else value})
         elif dot:
             raise ConfigError(f"argument {item!r}: no stage named {stage_name!r} (stages: {', '.join(map(str, names))})")
         elif key in params:
             params[key] = value
+        elif key not in config_keys:
+            raise ConfigError(f"argument {item!r}: {key!r} is neither a parameter of this recipe (parameters: "
+                              f"{', '.join(params) or 'none'}) nor a config key")
         else:
             forced[key] = value
     source = dict(raw, params=params, **({"forced": forced} if forced else {}))
@@ -208,10 +217,19 @@ def _check_stage(stage: Stage, seen: dict, where: str) -> None:
         if bad:
             raise ConfigError(f"{where}: unknown option {bad[0]!r}; expected {', '.join(sorted(known))}")
         if stage.kind == "sample":
+            fields = {f.name: f for f in dataclasses.fields(SampleOptions)}
+            for key, value in stage.options.items():
+                want = type(fields[key].default)
+                if not isinstance(value, want) or isinstance(value, bool) and want is not bool:
+                    if not (want is float and isinstance(value, int) and not isinstance(value, bool)):
+                        raise ConfigError(f"{where}: option {key}={value!r}, expected {want.__name__}")
             try:
                 SampleOptions(**stage.options).validate()
             except (ConfigError, TypeError) as exc:
                 raise ConfigError(f"{where}: {exc}") from None
+        n = stage.options.get("n", 1)
+        if stage.kind == "traces" and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise ConfigError(f"{where}: option n={n!r}, expected a number of traces >= 1")
     for name in stage.models + stage.same_time_as:
         if name not in seen:
             raise ConfigError(f"{where}: {name!r} is not an earlier stage")
@@ -367,14 +385,34 @@ def _run_pretrain(recipe, stage, run_dir, stage_dir) -> dict:
     return {"model": _rel(run_dir, stage_dir / "checkpoints" / "base")}
 
 
-def _run_model(recipe, stage, run_dir, stage_dir) -> dict:
+def _resolve_model_stage(stage: Stage) -> Path:
+    """The model folder of a ``model`` stage; ConfigError (one line) when ``path`` holds none."""
     from r1.eval.command import EvalError, resolve_model
 
+    if (Path(stage.path) / "recipe.yaml").is_file():
+        finished = [p.parent.name for p in sorted(Path(stage.path).glob("*/stage.json"))
+                    if json.loads(p.read_text()).get("model")]
+        raise ConfigError(f"stage {stage.name!r}: path={stage.path!r} is a pipeline run: expected one of its model "
+                          f"stages, e.g. {Path(stage.path) / (finished[-1] if finished else 'final-rl')}")
     try:
-        target = resolve_model(stage.path)
+        return resolve_model(stage.path).model_dir
     except EvalError as exc:
         raise ConfigError(f"stage {stage.name!r}: path={stage.path!r}: {str(exc).split(': ', 1)[-1]}") from None
-    return {"model": str(target.model_dir.resolve())}
+
+
+def check_inputs(recipe: Recipe) -> None:
+    """Raise ConfigError (one line) when an input that must exist before the run starts does not: the model of
+    a ``model`` stage, the file of a ``traces`` stage. Called before the run directory is created."""
+    for stage in recipe.stages:
+        if stage.kind == "model":
+            _resolve_model_stage(stage)
+        if stage.kind == "traces" and stage.options.get("file") and not Path(stage.options["file"]).is_file():
+            raise ConfigError(f"stage {stage.name!r}: options.file={stage.options['file']!r} not found "
+                              "(expected a jsonl of traces)")
+
+
+def _run_model(recipe, stage, run_dir, stage_dir) -> dict:
+    return {"model": str(_resolve_model_stage(stage).resolve())}
 
 
 def _run_traces(recipe, stage, run_dir, stage_dir) -> dict:
@@ -449,6 +487,12 @@ def _run_sample(recipe, stage, run_dir, stage_dir) -> dict:
     model = model_of(run_dir, stage.source)
     cfg = stage_config(recipe, stage, {"init_from": str(model)})
     summary = sample_to_file(cfg, opts, model, stage_dir / "samples.jsonl")
+    if not summary["kept"] and any(s.data == stage.name for s in recipe.stages):  # not finished: the SFT
+        # stage that reads it would have nothing to learn from
+        drops = ", ".join(f"{k} {v}" for k, v in summary["dropped"].items() if v)
+        raise ConfigError(f"stage {stage.name!r}: kept 0 of {summary['sampled']} completions (dropped: {drops}); "
+                          "nothing to fine-tune on: expected a stronger model or looser filters (start a new run, "
+                          f"e.g. with {stage.name}.limit=... or {stage.name}.min_readability=0)")
     return {"output": _rel(run_dir, stage_dir / "samples.jsonl"), "sampled": summary["sampled"],
             "kept": summary["kept"], "dropped": summary["dropped"], "problems_kept": summary["problems_kept"]}
 

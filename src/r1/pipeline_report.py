@@ -36,7 +36,7 @@ def write_pipeline_report(recipe, run_dir: Path) -> Path:
     from r1.pipeline import stage_state
 
     evals = _evals(recipe, run_dir)
-    lines = [f"# Pipeline `{run_dir.name}` ({recipe.name})", ""]
+    lines = [f"# Pipeline `{run_dir.name}`" + (f" (recipe {recipe.name})" if run_dir.name != recipe.name else ""), ""]
     states = {s.name: stage_state(run_dir, s.name) for s in recipe.stages}
     total = sum(st["seconds"] for st in states.values() if st)
     done = sum(1 for st in states.values() if st)
@@ -91,6 +91,7 @@ def _plots(recipe, run_dir: Path, evals: dict) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out = []
     (run_dir / "plots").mkdir(exist_ok=True)
@@ -131,6 +132,7 @@ def _plots(recipe, run_dir: Path, evals: dict) -> list[str]:
                 ax.plot(steps, [r["train/loss"] for r in rows], label="loss (nats/token)")
                 ax.set_xlabel("SFT step")
             ax.set_title(stage.name, fontsize=9)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(run_dir / "plots" / "curves.png", dpi=110)

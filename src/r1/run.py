@@ -77,7 +77,7 @@ def _stage_base(cfg, run_dir, tokenizer, task, heldout_keys):
         return base, {"model_path": str(Path(cfg.model_path).resolve()), "parameters": count_parameters(base)}
     base_dir = run_dir / "checkpoints" / "base"
     if (base_dir / "model.safetensors").exists():
-        console.print(f"[dim]base model: found {base_dir}, skipping pretraining[/]")
+        console.print(f"[dim]base model: found {base_dir}, not made again[/]")
         return _load(base_dir), json.loads((base_dir / "pretrain.json").read_text())
     if cfg.base_from:  # same seed and architecture -> the same base; reuse it instead of pretraining again
         # (a pipeline also starts RL here from an SFT checkpoint: its weights only, not its optimizer state)

@@ -28,7 +28,10 @@ Limits, by construction: the script, not the language, is detected, so French in
 counts as English; a Greek letter used as a symbol (``θ``, ``π``) counts as a non-Latin word.
 
 :func:`language_reward` is the share on the thinking, 1.0 when the thinking holds no word at all
-(nothing is mixed; accuracy and format judge the rest). R1 sums it with the accuracy reward
+(nothing is mixed; accuracy and format judge the rest), and 1.0 for an empty thinking as a measurement. As an
+RL reward that last 1.0 would pay for skipping the
+chain of thought (a policy that answers directly earns it with no reasoning at all), so the trainer asks
+for 0.0 there (``empty=0.0``): consistency credit needs a chain of thought. R1 sums it with the accuracy reward
 (weight 1 in the paper, "directly summing"); see the module docstring of ``r1.sample`` for its use
 as the mixed-language filter of rejection sampling.
 
@@ -109,23 +112,30 @@ def thinking_of(completion: str) -> str:
     return completion.split("<think>", 1)[1] if "<think>" in completion else ""
 
 
-def language_reward(completion: str, target: str = "en") -> float:
+def language_reward(completion: str, target: str = "en", empty: float = 1.0) -> float:
     """R1 §2.3.2 language consistency: the share of target-language words in the thinking, in [0, 1];
-    1.0 when the thinking holds no word. ``completion`` is the decoded text without EOS (as graded).
+    1.0 when the thinking holds no word (``12*4=48``: nothing is mixed); ``empty`` when there is no thinking
+    at all (1.0 as a measurement; the RL reward passes 0.0, so that skipping the chain of thought cannot
+    earn it). ``completion`` is the decoded text without EOS (as graded).
 
     Raises:
         ValueError: unknown ``target``.
     """
-    share = language_share(thinking_of(completion), target)
+    thought = thinking_of(completion)
+    if not thought.strip():
+        _scripts(target)  # still refuse an unknown target
+        return empty
+    share = language_share(thought, target)
     return 1.0 if share is None else share
 
 
-def readability_reward(completion: str) -> float:
+def readability_reward(completion: str, empty: float = 1.0) -> float:
     """Tiny-demo stand-in for readability: the share of non-empty thinking lines in the multiplication trace
-    grammar (module docstring), in [0, 1]; 1.0 when the thinking has no non-empty line."""
+    grammar (module docstring), in [0, 1]; ``empty`` when the thinking has no non-empty line (1.0 as a
+    measurement; 0.0 as the RL reward, see :func:`language_reward`)."""
     lines = [line.strip() for line in thinking_of(completion).splitlines() if line.strip()]
     if not lines:
-        return 1.0
+        return empty
     return sum(bool(_LINE_PRODUCT.fullmatch(x) or _LINE_SUM.fullmatch(x)) for x in lines) / len(lines)
 
 

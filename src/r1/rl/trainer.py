@@ -47,7 +47,8 @@ def score(task, texts: list[str], answers: list[str], format_weight: float, lang
     """Score completions with the task's verifier, the format reward and, when ``language_weight > 0``,
     the language-consistency reward of R1 §2.3.2 (share of the thinking in the target language's
     script, ``r1.rewards.language``) or its tiny-task stand-in (``consistency="readability"``), summed
-    into the total: ``total = accuracy + format_weight * format + language_weight * language``.
+    into the total: ``total = accuracy + format_weight * format + language_weight * language``; a thinking
+    with no word (no line) scores 0 on that term, so skipping the chain of thought earns nothing.
     With ``language_weight == 0`` the term is not computed at all (totals bit-identical to before).
     """
     acc = torch.tensor([task.verify(t, a) for t, a in zip(texts, answers)])
@@ -57,8 +58,9 @@ def score(task, texts: list[str], answers: list[str], format_weight: float, lang
     lang = None
     if language_weight > 0:
         from r1.rewards.language import language_reward, readability_reward
-        lang = torch.tensor([readability_reward(t) if consistency == "readability" else language_reward(t, language)
-                             for t in texts])
+        # empty thinking earns no consistency credit (empty=0.0): otherwise answering without reasoning is paid
+        lang = torch.tensor([readability_reward(t, empty=0.0) if consistency == "readability"
+                             else language_reward(t, language, empty=0.0) for t in texts])
         total = total + language_weight * lang
     readable = None
     if getattr(task, "name", "") == "multiplication":
