@@ -13,7 +13,7 @@ import torch
 
 from r1.models.prompts import grading_text, prompt_for
 from r1.rewards.format import extract_answer
-from r1.rewards.language import language_reward, readability_reward
+from r1.rewards.language import language_reward
 from r1.rewards.math import final_answer
 from r1.rl.trainer import nanmean, score
 from r1.rollout.engine import generate_rollouts
@@ -79,7 +79,7 @@ def evaluate(model, tokenizer, task, problems: list, cfg, progress=None, on_chun
     answers = [p.answer for p in problems for _ in range(k)]
     scores = score(task, texts, answers, cfg.format_weight)
     language = [language_reward(t, getattr(cfg, "language", "en")) for t in texts]
-    readable = [readability_reward(t) for t in texts] if task.name == "multiplication" else None
+    readable = None if scores.readability is None else scores.readability.tolist()  # multiplication only
     correct = scores.accuracy.view(-1, k)  # [n, k]; NaN where the gold answer is unparseable
     records = []
     for i, p in enumerate(problems):

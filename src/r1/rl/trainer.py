@@ -47,8 +47,9 @@ def score(task, texts: list[str], answers: list[str], format_weight: float, lang
     """Score completions with the task's verifier, the format reward and, when ``language_weight > 0``,
     the language-consistency reward of R1 §2.3.2 (share of the thinking in the target language's
     script, ``r1.rewards.language``) or its tiny-task stand-in (``consistency="readability"``), summed
-    into the total: ``total = accuracy + format_weight * format + language_weight * language``; a thinking
-    with no word (no line) scores 0 on that term, so skipping the chain of thought earns nothing.
+    into the total: ``total = accuracy + format_weight * format + language_weight * language``; an empty
+    thinking scores 0 on that term, so skipping the chain of thought earns nothing. For multiplication the
+    readability stand-in is also measured (``Scores.readability``, empty thinking 1.0), weighted or not.
     With ``language_weight == 0`` the term is not computed at all (totals bit-identical to before).
     """
     acc = torch.tensor([task.verify(t, a) for t, a in zip(texts, answers)])
