@@ -498,12 +498,12 @@ def _run_sample(recipe, stage, run_dir, stage_dir) -> dict:
 
 
 def _run_eval(recipe, stage, run_dir, stage_dir) -> dict:
-    """Every listed model on the same held-out problems (the first model stage's config decides the set)."""
+    """Every listed model on the same held-out problems (the first model stage's config decides the set),
+    with the main job's evaluation stage (``r1.run._stage_eval``) into ``eval/<stage>.json``."""
     import torch
 
     from r1.models.hf import load_policy
-    from r1.run import _device, _eval_sets, _progress, console
-    from r1.eval.protocol import evaluate
+    from r1.run import _device, _eval_sets, _stage_eval
     from r1.tasks import make_task
 
     names = stage.models or [s.name for s in recipe.stages if s.kind in MODEL_KINDS and s is not stage]
@@ -511,25 +511,10 @@ def _run_eval(recipe, stage, run_dir, stage_dir) -> dict:
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
     task = make_task(cfg)
     problems = _eval_sets(cfg, task)[""]
-    (stage_dir / "eval").mkdir(exist_ok=True)
     results = {}
     for name in names:
-        path = stage_dir / "eval" / f"{name}.json"
-        if not path.exists():
-            model, tokenizer = load_policy(model_of(run_dir, name), cfg.dtype, device=_device(cfg), trainable=False)
-            t0 = time.time()
-            with _progress() as bar:
-                t = bar.add_task(f"eval {name}", total=len(problems) * cfg.eval_k, rate="", info="")
-                result = evaluate(model, tokenizer, task, problems, cfg, lambda n: bar.update(
-                    t, completed=n, rate=f"{n / max(1e-9, time.time() - t0):.0f} samples/s"))
-            result["summary"]["seconds"] = time.time() - t0
-            result["summary"]["model"] = str(model_of(run_dir, name))
-            path.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
-        s = json.loads(path.read_text(encoding="utf-8"))["summary"]
-        results[name] = s
-        console.print(f"{name}: pass@1 {100 * (s['pass@1'] or 0):.1f}%, format {100 * s['format']:.0f}%, "
-                      + (f"readability {100 * s['readability']:.0f}%, " if s.get("readability") is not None else "")
-                      + f"language {100 * s['language']:.0f}%, length {s['len_mean']:.1f}")
+        load = lambda n=name: load_policy(model_of(run_dir, n), cfg.dtype, device=_device(cfg), trainable=False)  # noqa: E731
+        results[name] = _stage_eval(cfg, stage_dir, load, None, task, problems, name, title=name)
     return {"models": names, "pass@1": {n: r["pass@1"] for n, r in results.items()}}
 
 

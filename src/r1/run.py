@@ -116,22 +116,27 @@ def _fresh_tmp(path: Path) -> Path:
     return tmp
 
 
-def _stage_eval(cfg, run_dir, model, tokenizer, task, problems, when, label=""):
-    """Evaluate ``model`` on ``problems`` into eval/<when><label>.json (skipped if it exists)."""
+def _stage_eval(cfg, run_dir, model, tokenizer, task, problems, when, label="", title=None):
+    """Evaluate ``model`` on ``problems`` into eval/<when><label>.json (skipped if it exists); ``title`` names it
+    on screen (default "<when> RL<label>"). ``model`` may also be a function returning (model, tokenizer), loaded
+    only when the file does not exist yet."""
     path = run_dir / "eval" / f"{when}{label}.json"
     if path.exists():
         return json.loads(path.read_text())["summary"]
     path.parent.mkdir(exist_ok=True)
+    if not isinstance(model, torch.nn.Module):  # a loader: load only when there is something to evaluate
+        model, tokenizer = model()
+    title = title or f"{when} RL{label}"
     total = len(problems) * cfg.eval_k
     start = time.time()
     with _progress() as bar:
-        t = bar.add_task(f"eval {when} RL{label}", total=total, rate="", info="")
+        t = bar.add_task(f"eval {title}", total=total, rate="", info="")
         result = evaluate(model, tokenizer, task, problems, cfg,
                           lambda n: bar.update(t, completed=n, rate=f"{n / max(1e-9, time.time() - start):.0f} samples/s"))
     result["summary"]["seconds"] = time.time() - start
     path.write_text(json.dumps(result, indent=1))
     s = result["summary"]
-    console.print(f"eval {when} RL{label}: pass@1 {100 * (s['pass@1'] or 0):.1f}%, mean length {s['len_mean']:.1f} tokens, "
+    console.print(f"eval {title}: pass@1 {100 * (s['pass@1'] or 0):.1f}%, mean length {s['len_mean']:.1f} tokens, "
                   f"reasoning {100 * s['reasoning_frac']:.0f}%, format {100 * s['format']:.0f}%"
                   + (f", readability {100 * s['readability']:.0f}%" if s.get("readability") is not None else ""))
     return s
