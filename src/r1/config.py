@@ -67,6 +67,10 @@ class RunConfig:
     lora_target_modules: str = "all-linear"  # peft target_modules: "all-linear" or comma-separated module names
     logprob_chunk_size: int = 0  # positions per chunk when computing log-probabilities (0 = all at once; bounds [N, chunk, V] logits)
     device: str = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
+    rollout_engine: str = "transformers"  # "transformers" (this process, CPU or GPU) or "vllm" (GPU, pip install r1[vllm])
+    sampler: str = "auto"  # transformers engine: "lean" (r1's KV-cache sampler), "generate" (transformers' generate), auto = lean where the model family allows
+    fast_logprobs: bool = True  # policy/reference log-probs by r1's lean forward (shared prompt per group, no padding compute) where the model family allows
+    vllm_gpu_memory_utilization: float = 0.3  # vllm engine: share of GPU memory vLLM may take (the trainer needs the rest)
 
     # --- policy (a Llama-class decoder built from a config, random init) ---
     model_type: str = "llama"  # decoder class; "llama" (see models/policy.py for why not qwen2)
@@ -147,7 +151,8 @@ class RunConfig:
                    "loss_aggregation": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
                    "overlong": ("none", "mask", "soft"), "prompt_format": ("auto", "r1_zero", "chat", "chat_think"),
                    "dtype": ("float32", "bfloat16", "float16"), "device": ("auto", "cpu", "cuda"),
-                   "consistency_reward": ("language", "readability")}
+                   "consistency_reward": ("language", "readability"),
+                   "rollout_engine": ("transformers", "vllm"), "sampler": ("auto", "lean", "generate")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")

@@ -32,6 +32,7 @@ from r1.models.tokenizer import build_tokenizer
 from r1.pretrain import pretrain
 from r1.report import read_metrics, write_report
 from r1.rl.trainer import append_jsonl, rl_step, save_checkpoint
+from r1.rollout.engine import make_engine
 from r1.tasks import make_task
 
 console = Console(soft_wrap=True)  # status lines stay whole in log files
@@ -215,6 +216,9 @@ def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys, eval_problems=(
     if start_step >= cfg.rl_steps or _out_of_time(cfg, rows):
         return policy
     policy.train()
+    engine = make_engine(cfg, policy, tokenizer)  # vLLM: loads the weights it starts from (a resumed policy's too)
+    if start_step:
+        engine.sync_weights(policy)
     stop, restore = stop_on_ctrl_c("[yellow]Ctrl-C: finishing this step, then saving a checkpoint and the report[/]")
     step = start_step
     try:
@@ -223,7 +227,8 @@ def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys, eval_problems=(
             began, eval_s = time.time(), 0.0
             elapsed0 = rows[-1].get("time/elapsed_s", 0.0) if rows else 0.0
             for step in range(start_step, cfg.rl_steps):
-                row, samples = rl_step(step, policy, reference, optimizer, tokenizer, task, heldout_keys, cfg)
+                row, samples = rl_step(step, policy, reference, optimizer, tokenizer, task, heldout_keys, cfg,
+                                       engine=engine)
                 if cfg.ref_refresh_every and (step + 1) % cfg.ref_refresh_every == 0:
                     reference.load_state_dict(policy.state_dict())  # periodic reference refresh
                 row["time/elapsed_s"] = elapsed0 + time.time() - began - eval_s  # training time, evaluations excluded

@@ -161,7 +161,8 @@ def rejection_sample(model, tokenizer, task, problems: list, cfg, opts: SampleOp
         chunk = problems[start:start + per_chunk]
         rendered = [prompt_for(tokenizer, p.question, cfg) for p in chunk]
         batch = generate_rollouts(model, tokenizer, [r.text for r in rendered], k, cfg.max_new_tokens,
-                                  opts.temperature, opts.top_p, batch_size=cfg.eval_batch_size)
+                                  opts.temperature, opts.top_p, batch_size=cfg.eval_batch_size,
+                                  sampler=getattr(cfg, "sampler", "auto"))
         lengths = batch.lengths.tolist()
         for i, p in enumerate(chunk):
             kept_texts: set = set()

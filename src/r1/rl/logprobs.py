@@ -8,7 +8,8 @@ from torch.utils.checkpoint import checkpoint
 
 def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
                    completion_mask: torch.Tensor, temperature: float = 1.0,
-                   entropy_grad: bool = False, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   entropy_grad: bool = False, chunk_size: int | None = None,
+                   lean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities and entropies of the completion tokens, at the sampling temperature.
 
     Position ids follow the attention mask, as ``generate`` assigns them to
@@ -26,10 +27,18 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
         temperature: logits are divided by it before the softmax.
         entropy_grad: keep the entropy in the autograd graph (for an entropy bonus).
         chunk_size: completion positions per chunk; 0 or None = all at once.
+        lean: use :func:`r1.models.lean.token_logprobs` (each distinct prompt once, no compute on
+            completion padding; same values within float rounding) when the model family allows it
+            and no ``chunk_size`` is set; otherwise this function's transformers forward.
     Returns:
         logp [N, L] (with grad if the model has it) and entropy [N, L] (detached unless
-        ``entropy_grad``), in nats.
+        ``entropy_grad``), in nats. The lean path returns 0 on completion padding.
     """
+    if lean and not chunk_size:
+        from r1.models import lean as lean_forward
+        if lean_forward.unsupported(model, training=torch.is_grad_enabled()) is None:
+            return lean_forward.token_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                               temperature, entropy_grad)
     input_ids = torch.cat([prompt_ids, completion_ids], 1)  # [N, P+L]
     attention = torch.cat([prompt_mask, completion_mask.long()], 1)  # [N, P+L]
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
@@ -83,12 +92,12 @@ def _decoder(model):
 
 def reference_logprobs(policy, reference, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                        completion_ids: torch.Tensor, completion_mask: torch.Tensor, temperature: float = 1.0,
-                       chunk_size: int | None = None) -> torch.Tensor:
+                       chunk_size: int | None = None, lean: bool = False) -> torch.Tensor:
     """[N, L] log-probabilities of the completions under the reference model, without gradients.
 
     ``reference=None`` with a LoRA (peft) policy: the reference is the policy's own base weights,
     its adapters switched off for this forward (``PeftModel.disable_adapter``) and in eval mode,
-    so no second copy of the model is held.
+    so no second copy of the model is held. ``lean``: as in :func:`token_logprobs`.
 
     Raises:
         ValueError: ``reference`` is None and the policy has no adapters to disable.
@@ -96,7 +105,7 @@ def reference_logprobs(policy, reference, prompt_ids: torch.Tensor, prompt_mask:
     args = (prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)
     with torch.no_grad():
         if reference is not None:
-            return token_logprobs(reference, *args, chunk_size=chunk_size)[0]
+            return token_logprobs(reference, *args, chunk_size=chunk_size, lean=lean)[0]
         if not hasattr(policy, "disable_adapter"):
             raise ValueError("reference=None needs a LoRA (peft) policy whose adapters can be disabled; "
                              "pass a reference model")

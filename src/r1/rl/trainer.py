@@ -1,4 +1,4 @@
-"""The GRPO loop, top to bottom: generate_rollouts -> score -> advantages -> policy_update -> log/save.
+"""The GRPO loop, top to bottom: rollout engine -> score -> advantages -> policy_update -> log/save.
 
 GRPO as in DeepSeek-R1 (arXiv 2501.12948, §2.2): G completions per prompt at
 temperature 1.0, rule-based rewards (accuracy + format), group-relative
@@ -27,7 +27,7 @@ from r1.rewards.format import format_reward
 from r1.rewards.length import soft_overlong_penalty
 from r1.rl.grpo import group_advantages, grpo_loss
 from r1.rl.logprobs import reference_logprobs, token_logprobs
-from r1.rollout.engine import RolloutBatch, concat_rollouts, generate_rollouts
+from r1.rollout.engine import RolloutBatch, TransformersEngine, concat_rollouts
 
 
 @dataclass
@@ -79,19 +79,20 @@ def policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages:
     """
     args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask, cfg.temperature)
     chunk = cfg.logprob_chunk_size
+    lean = getattr(cfg, "fast_logprobs", False)
     loss_mask = batch.completion_mask  # [N, L]
     if cfg.overlong == "mask":  # DAPO overlong filtering: truncated completions teach nothing
         loss_mask = loss_mask * (~batch.truncated).float().unsqueeze(-1)
     ref_logp = None
     if cfg.beta > 0:  # no reference forward at all when beta = 0
-        ref_logp = reference_logprobs(policy, reference, *args, chunk_size=chunk)
+        ref_logp = reference_logprobs(policy, reference, *args, chunk_size=chunk, lean=lean)
     old_logp = None
     if cfg.num_iterations > 1:  # computed once per rollout batch (GRPO Algorithm 1, DeepSeekMath)
         with torch.no_grad():
-            old_logp, _ = token_logprobs(policy, *args, chunk_size=chunk)
+            old_logp, _ = token_logprobs(policy, *args, chunk_size=chunk, lean=lean)
     stats, sampler_dev = {}, None
     for it in range(cfg.num_iterations):
-        logp, entropy = token_logprobs(policy, *args, entropy_grad=cfg.entropy_coef > 0, chunk_size=chunk)
+        logp, entropy = token_logprobs(policy, *args, entropy_grad=cfg.entropy_coef > 0, chunk_size=chunk, lean=lean)
         if it == 0 and batch.sampler_logp is not None:  # trainer vs sampler: ~1e-6 unless something is off
             dev = ((logp.detach() - batch.sampler_logp).exp() - 1).abs() * batch.completion_mask
             sampler_dev = dev.max().item()
@@ -111,14 +112,14 @@ def policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages:
     return stats
 
 
-def _rollout_round(rng, policy, tokenizer, task, heldout, cfg):
+def _rollout_round(rng, engine, tokenizer, task, heldout, cfg):
     """Draw B prompts, sample G completions each, score them: (prompts, answers, batch, scores, seconds)."""
     problems = [sample_train_problem(task, rng, heldout) for _ in range(cfg.prompts_per_step)]
     rendered = [prompt_for(tokenizer, p.question, cfg) for p in problems]
     prompts = [r.text for r in rendered]
     answers = [p.answer for p in problems for _ in range(cfg.group_size)]
     t0 = time.perf_counter()
-    batch = generate_rollouts(policy, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
+    batch = engine.generate(prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
     t1 = time.perf_counter()
     graded = [grading_text(rendered[i // cfg.group_size], t) for i, t in enumerate(batch.texts)]
     scores = score(task, graded, answers, cfg.format_weight, cfg.language_weight, cfg.consistency_reward,
@@ -157,8 +158,12 @@ def _merge_rounds(kept: list, G: int, B: int, pad_id: int):
     return prompts[:n_rows // G], answers[:n_rows], batch, scores
 
 
-def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: set, cfg) -> tuple[dict, list[dict]]:
+def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: set, cfg,
+            engine=None) -> tuple[dict, list[dict]]:
     """One GRPO step; returns the metrics row and the rollout samples (prompt, completion, rewards).
+
+    ``engine`` samples the rollouts (``r1.rollout.engine.RolloutEngine``; None = the transformers
+    engine on ``policy`` with ``cfg.sampler``); its ``sync_weights(policy)`` runs after the optimizer step.
 
     With ``dynamic_sampling`` (DAPO, arXiv 2503.14476, §3.2), groups whose completions are all
     right or all wrong are dropped and more prompts are drawn until B groups are kept or
@@ -170,8 +175,9 @@ def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: s
     G, B = cfg.group_size, cfg.prompts_per_step
     kept, gen_s, rew_s, drawn = [], 0.0, 0.0, 0
     rounds = cfg.dynamic_sampling_max_rounds if cfg.dynamic_sampling else 1
+    engine = engine or TransformersEngine(policy, tokenizer, sampler=getattr(cfg, "sampler", "auto"))
     for _ in range(rounds):
-        prompts, answers, batch, scores, (g_s, r_s) = _rollout_round(rng, policy, tokenizer, task, heldout, cfg)
+        prompts, answers, batch, scores, (g_s, r_s) = _rollout_round(rng, engine, tokenizer, task, heldout, cfg)
         gen_s, rew_s, drawn = gen_s + g_s, rew_s + r_s, drawn + B
         groups = _informative_groups(scores, G) if cfg.dynamic_sampling else list(range(B))
         kept.append((prompts, answers, batch, scores, groups))
@@ -182,6 +188,7 @@ def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: s
     advantages = group_advantages(scores.total, G, cfg.adv_eps, cfg.adv_baseline, cfg.adv_scale)  # [B*G]
     t_update = time.perf_counter()
     stats = policy_update(policy, reference, optimizer, batch, advantages, cfg)
+    engine.sync_weights(policy)  # vLLM: the next rollout samples the updated weights
     update_s = time.perf_counter() - t_update
 
     lengths = batch.lengths

@@ -1,4 +1,5 @@
-"""The CPU rollout engine: batched sampling with `transformers`' own ``generate``.
+"""Rollout engines: batched sampling of G completions per prompt (r1's lean KV-cache sampler or
+`transformers`' ``generate`` in this process; vLLM on a GPU in ``r1.rollout.vllm_engine``).
 
 Shapes: ``N`` = B*G sequences, ``P`` prompt tokens (left-padded), ``L`` completion
 tokens (right-padded after the end-of-sequence token).
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
@@ -132,7 +134,7 @@ def _bare_generation_config(model):
 @torch.no_grad()
 def generate_rollouts(model, tokenizer, prompts: list[str], num_samples: int, max_new_tokens: int,
                       temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 512,
-                      eos_token_id: int | Sequence[int] | None = None) -> RolloutBatch:
+                      eos_token_id: int | Sequence[int] | None = None, sampler: str = "auto") -> RolloutBatch:
     """Sample ``num_samples`` completions for each prompt (full sampling, no top-k).
 
     Args:
@@ -144,7 +146,14 @@ def generate_rollouts(model, tokenizer, prompts: list[str], num_samples: int, ma
         batch_size: sequences sampled at once (memory bound).
         eos_token_id: ids that end a completion; None = :func:`eos_ids` (the tokenizer's EOS and the
             model's ``generation_config.eos_token_id``).
+        sampler: "lean" (:func:`r1.models.lean.sample`: each prompt prefilled once, finished rows no longer
+            computed; Llama/Qwen2/Qwen3 families), "generate" (transformers' ``generate``), or "auto"
+            (lean where the model allows it, else generate). Both draw from the same distribution;
+            they consume the random stream differently, so a seed gives different samples in each.
     Randomness comes from torch's global generator: seed it before calling.
+
+    Raises:
+        ValueError: ``sampler="lean"`` for a model the lean sampler does not support, or an unknown sampler.
     """
     stop = eos_ids(model, tokenizer) if eos_token_id is None else \
         ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
@@ -155,19 +164,34 @@ def generate_rollouts(model, tokenizer, prompts: list[str], num_samples: int, ma
     device = next(model.parameters()).device
     prompt_ids = enc.input_ids.repeat_interleave(num_samples, 0).to(device)  # [N, P]
     prompt_mask = enc.attention_mask.repeat_interleave(num_samples, 0).to(device)  # [N, P]
-    gen_cfg = GenerationConfig(
-        do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-        pad_token_id=pad_id, eos_token_id=stop, bos_token_id=None)
+    if sampler not in ("auto", "lean", "generate"):
+        raise ValueError(f"sampler={sampler!r}: expected auto, lean or generate")
+    from r1.models import lean
+    why_not = lean.unsupported(model)
+    if sampler == "lean" and why_not:
+        raise ValueError(f"sampler=lean: {why_not}; use sampler=generate")
     chunks, chunk_logp = [], []
-    with _bare_generation_config(model):
-        for start in range(0, len(prompt_ids), batch_size):
-            recorder = _SamplerLogp(temperature)
-            out = model.generate(input_ids=prompt_ids[start:start + batch_size],
-                                 attention_mask=prompt_mask[start:start + batch_size], generation_config=gen_cfg,
-                                 logits_processor=LogitsProcessorList([recorder]))
-            ids = out[:, prompt_ids.shape[1]:]  # [n, l]
+    if sampler != "generate" and not why_not:
+        per_call = max(1, batch_size // num_samples)  # distinct prompts per call
+        ids_u, mask_u = enc.input_ids.to(device), enc.attention_mask.to(device)
+        for start in range(0, len(prompts), per_call):
+            ids, logp = lean.sample(model, ids_u[start:start + per_call], mask_u[start:start + per_call], num_samples,
+                                    max_new_tokens, temperature, top_p, stop_ids=stop, pad_id=pad_id)
             chunks.append(ids)
-            chunk_logp.append(recorder.result(ids))
+            chunk_logp.append(logp)
+    else:
+        gen_cfg = GenerationConfig(
+            do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
+            pad_token_id=pad_id, eos_token_id=stop, bos_token_id=None)
+        with _bare_generation_config(model):
+            for start in range(0, len(prompt_ids), batch_size):
+                recorder = _SamplerLogp(temperature)
+                out = model.generate(input_ids=prompt_ids[start:start + batch_size],
+                                     attention_mask=prompt_mask[start:start + batch_size], generation_config=gen_cfg,
+                                     logits_processor=LogitsProcessorList([recorder]))
+                ids = out[:, prompt_ids.shape[1]:]  # [n, l]
+                chunks.append(ids)
+                chunk_logp.append(recorder.result(ids))
     width = max(c.shape[1] for c in chunks)
     pad = lambda t, v: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v)  # noqa: E731
     completion_ids = torch.cat([pad(c, pad_id) for c in chunks])
@@ -181,3 +205,59 @@ def generate_rollouts(model, tokenizer, prompts: list[str], num_samples: int, ma
                                    skip_special_tokens=False)
     model.train(was_training)
     return RolloutBatch(prompt_ids, prompt_mask, completion_ids, mask, truncated, texts, sampler_logp)
+
+
+class RolloutEngine(Protocol):
+    """What the GRPO trainer needs from a sampler; two implementations: :class:`TransformersEngine`
+    (this process, the policy module itself) and ``r1.rollout.vllm_engine.VLLMEngine`` (vLLM on a GPU).
+
+    ``generate`` returns a :class:`RolloutBatch` whose ``sampler_logp`` holds the sampler's
+    log-probability of every completion token at the sampling temperature (the trainer compares it
+    with its own: ``train/sampler_ratio_max_dev``). ``sync_weights`` is called after every optimizer
+    step so the next rollout is sampled from the updated policy (on-policy GRPO).
+    """
+
+    name: str
+
+    def generate(self, prompts: list[str], num_samples: int, max_new_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0) -> RolloutBatch: ...
+
+    def sync_weights(self, policy) -> None: ...
+
+
+class TransformersEngine:
+    """Rollouts from the policy module itself (CPU or GPU): :func:`generate_rollouts`.
+
+    ``sampler``: "lean" (r1's KV-cache sampler, :mod:`r1.models.lean`), "generate" (transformers'
+    ``generate``) or "auto" (lean where the model family allows it). ``sync_weights`` has nothing to do:
+    the engine samples from the very module the optimizer updates.
+    """
+
+    name = "transformers"
+
+    def __init__(self, model, tokenizer, sampler: str = "auto", batch_size: int = 512):
+        self.model, self.tokenizer, self.sampler, self.batch_size = model, tokenizer, sampler, batch_size
+
+    def generate(self, prompts: list[str], num_samples: int, max_new_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0) -> RolloutBatch:
+        return generate_rollouts(self.model, self.tokenizer, prompts, num_samples, max_new_tokens, temperature, top_p,
+                                 batch_size=self.batch_size, sampler=self.sampler)
+
+    def sync_weights(self, policy) -> None:
+        if policy is not self.model:
+            raise ValueError("TransformersEngine samples from the module it was built with; pass that policy")
+
+
+def make_engine(cfg, policy, tokenizer) -> RolloutEngine:
+    """The rollout engine ``cfg.rollout_engine`` names, for ``policy``.
+
+    Raises:
+        ValueError: an unknown engine name.
+        ImportError: ``rollout_engine="vllm"`` without vLLM installed (``pip install r1[vllm]``).
+    """
+    if cfg.rollout_engine == "transformers":
+        return TransformersEngine(policy, tokenizer, sampler=cfg.sampler)
+    if cfg.rollout_engine == "vllm":
+        from r1.rollout.vllm_engine import VLLMEngine
+        return VLLMEngine.from_config(cfg, policy, tokenizer)
+    raise ValueError(f"rollout_engine={cfg.rollout_engine!r}: expected transformers or vllm")
