@@ -79,7 +79,7 @@ def reward_total(task, text: str, answer: str) -> float:
 # ------------------------------------------------------------------------------------------- engines
 
 
-def run_r1(model_dir: Path, beta: float, G: int, steps: int) -> list[dict]:
+def run_r1(model_dir: Path, beta: float, G: int, steps: int, overrides: list[str] = ()) -> list[dict]:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -90,7 +90,7 @@ def run_r1(model_dir: Path, beta: float, G: int, steps: int) -> list[dict]:
 
     cfg = load_config(None, [f"prompts_per_step={PROMPTS_PER_STEP}", f"group_size={G}", f"max_new_tokens={MAX_NEW}",
                              "temperature=1.0", f"beta={beta}", f"lr={LR}", "clip_eps=0.2",
-                             "loss_aggregation=token_mean", "num_iterations=1", f"seed={SEED}"])
+                             "loss_aggregation=token_mean", "num_iterations=1", f"seed={SEED}", *overrides])
     tok, task = build_tokenizer(), MultiplicationTask(2, 2)
     policy = AutoModelForCausalLM.from_pretrained(model_dir)
     reference = AutoModelForCausalLM.from_pretrained(model_dir).eval().requires_grad_(False) if beta > 0 else None
@@ -179,11 +179,11 @@ def run_trl(model_dir: Path, beta: float, G: int, steps: int) -> list[dict]:
 # ------------------------------------------------------------------------------------------- driver
 
 
-def one(engine: str, size: str, beta: float, G: int, steps: int, model_dir: Path) -> dict:
+def one(engine: str, size: str, beta: float, G: int, steps: int, model_dir: Path, overrides: list[str]) -> dict:
     """Run one engine on one config in this process; return the per-step rows and the peak RSS."""
     import torch
     torch.set_num_threads(2)
-    rows = (run_r1 if engine == "r1" else run_trl)(model_dir, beta, G, steps)
+    rows = run_r1(model_dir, beta, G, steps, overrides) if engine == "r1" else run_trl(model_dir, beta, G, steps)
     return {"rows": rows, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -224,11 +224,13 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=12, help="measured steps after warm-up (median over them)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out", help="also write the table (Markdown) and the raw rows (.json beside it) here")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="r1 config override for the r1 engine (ablations: sampler=generate, fast_logprobs=false)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: ENGINE:SIZE:BETA:G:MODEL_DIR -> JSON on stdout
     args = ap.parse_args()
     if args.one:
         engine, size, beta, G, model_dir = args.one.split(":", 4)
-        print(json.dumps(one(engine, size, float(beta), int(G), args.steps + args.warmup, Path(model_dir))))
+        print(json.dumps(one(engine, size, float(beta), int(G), args.steps + args.warmup, Path(model_dir), args.set)))
         return 0
     results, raw = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -239,7 +241,7 @@ def main() -> int:
                 models[size] = build_model(size, Path(tmp) / size)
             for engine in args.engines.split(","):
                 cmd = [sys.executable, __file__, "--one", f"{engine}:{size}:{beta}:{G}:{models[size]}",
-                       "--steps", str(args.steps), "--warmup", str(args.warmup)]
+                       "--steps", str(args.steps), "--warmup", str(args.warmup), *[f"--set={kv}" for kv in args.set]]
                 t0 = time.time()
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
                 if proc.returncode:

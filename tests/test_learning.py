@@ -128,3 +128,53 @@ def test_merge_rounds_keeps_informative_groups_in_order():
     assert prompts == ["q1", "q2"] and answers == ["x1", "x1", "x2", "x2"]
     assert batch.texts == ["c", "d", "e", "f"]
     assert scores.accuracy.tolist() == [1.0, 0.0, 0.0, 1.0] and scores.total.tolist() == [2.0, 1.0, 1.0, 2.0]
+
+
+class _CaptureGrads:
+    """An optimizer stand-in that records the gradient of every step and changes nothing."""
+
+    def __init__(self, model):
+        self.model, self.grads = model, []
+
+    def zero_grad(self, set_to_none=True):
+        self.model.zero_grad(set_to_none=set_to_none)
+
+    def step(self):
+        self.grads.append({n: p.grad.clone() for n, p in self.model.named_parameters()})
+
+
+def test_micro_batches_give_the_whole_batch_gradient_and_statistics():
+    """Gradient accumulation over micro-batches of whole groups (update_micro_batch_tokens) equals one
+    pass over the batch, for each loss aggregation, with KL to a different reference, an overlong-masked
+    truncated completion and two iterations; the statistics are the same weighted means."""
+    import dataclasses
+    from r1.rl.trainer import micro_batches
+    base = RunConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64, beta=0.04,
+                     group_size=2, max_grad_norm=1e9, num_iterations=2, overlong="mask", max_new_tokens=40)
+    tok = build_tokenizer()
+    policy = build_policy(base, tok, seed=0)
+    reference = build_policy(base, tok, seed=1).requires_grad_(False)
+    groups = [("12*34", ["<think>\n12*4=48\n</think>\n<answer>408</answer>", "<answer>480</answer>"]),
+              ("7*8", ["<answer>56</answer>", "<think>\n7*8=56\n7*8=56\n7*8=56\n</think>\n<answer>56</answer>"]),
+              ("123*45", ["<think>\n</think>", "<answer>5535</answer>"])]
+    parts = [make_batch(tok, prompt_text(tok, q), cs) for q, cs in groups]
+    batch = concat_rollouts(parts, tok.pad_token_id)
+    batch.truncated[3] = True  # masked out of the loss by overlong="mask"
+    advantages = torch.tensor([0.7, -0.7, 0.3, -0.3, 1.0, -1.0])
+    assert micro_batches(batch, 2, 0) == [[0, 1, 2, 3, 4, 5]]
+    assert [len(m) for m in micro_batches(batch, 2, 1)] == [2, 2, 2]  # at least one group each
+    for aggregation in ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"):
+        results = []
+        for budget in (10**9, 1, 60):
+            cfg = dataclasses.replace(base, loss_aggregation=aggregation, update_micro_batch_tokens=budget)
+            opt = _CaptureGrads(policy)
+            stats = policy_update(policy, reference, opt, batch, advantages, cfg)
+            results.append((opt.grads, stats))
+        (want, want_stats), *others = results
+        for grads, stats in others:
+            for step_want, step_got in zip(want, grads):
+                for name, g in step_want.items():
+                    assert (step_got[name] - g).norm() <= 1e-5 * g.norm() + 1e-8, (aggregation, name)
+            for key in ("loss", "kl", "clipfrac", "entropy", "ratio_max_dev", "grad_norm"):
+                assert abs(stats[key] - want_stats[key]) <= 1e-5 * abs(want_stats[key]) + 1e-7, (aggregation, key)
+        assert want_stats["kl"] > 0

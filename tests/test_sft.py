@@ -119,7 +119,7 @@ def test_sft_lowers_the_loss_and_is_deterministic(tmp_path):
     traces = _traces(tmp_path / "traces.jsonl")
     eval_kw = dict(eval_every=6, eval_problems=4, eval_every_problems=2, eval_every_k=2, max_new_tokens=12)
     s1 = run_sft(_cfg(tmp_path, traces, **eval_kw), tmp_path / "a", quiet=True)
-    s2 = run_sft(_cfg(tmp_path, traces, **eval_kw), tmp_path / "b", quiet=True)
+    run_sft(_cfg(tmp_path, traces, **eval_kw), tmp_path / "b", quiet=True)
     assert s1["status"] == "finished" and s1["steps"] == 12 and s1["examples"] == 24
     assert s1["loss_last"] < s1["loss_first"] - 0.5
     read = lambda d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731

@@ -120,11 +120,14 @@ class _Weights:
         return o.transpose(1, 2).reshape(n, q_len, self.H * self.hd)
 
     def rest(self, i: int, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-        """Output projection, residual, MLP, residual."""
+        """Output projection, residual, MLP, residual (each residual add fused into its matmul)."""
         w = self.layers[i]
-        x = x + F.linear(attn_out, w["wo"], w["bo"])
+        shape = x.shape
+        x = torch.addmm(x.reshape(-1, shape[-1]), attn_out.reshape(-1, attn_out.shape[-1]), w["wo"].t())
+        if w["bo"] is not None:
+            x = x + w["bo"]
         g, u = F.linear(self.norm(x, w["ln2"]), w["wgu"]).chunk(2, -1)
-        return x + F.linear(F.silu(g) * u, w["wd"])
+        return torch.addmm(x, F.silu(g) * u, w["wd"].t()).view(shape)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm and output head: [..., D] -> float32 logits [..., V]."""
@@ -289,7 +292,8 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
     out_logp = torch.zeros(B * G, L, device=dev)
     stops = torch.tensor(list(stop_ids), dtype=torch.long, device=dev)
     live = torch.ones(B * G, dtype=torch.bool, device=dev)  # per cache row: not yet stopped
-    steps = 0
+    steps, noise, V = 0, None, logits.shape[-1]
+    ahead = max(1, min(L, (1 << 22) // (B * G * V)))  # steps of exponential noise drawn at once (<= 16 MB)
     for t in range(L):
         logp = torch.log_softmax(logits / temperature, -1)
         if greedy:
@@ -298,7 +302,10 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
             probs = logp.exp()
             if top_p < 1.0:
                 probs = _top_p(probs, top_p)
-            tok = torch.multinomial(probs, 1).squeeze(-1)
+            if t % ahead == 0:  # Exp(1) noise for the next steps, indexed by original row
+                noise = torch.empty(min(ahead, L - t), B * G, V, device=dev).exponential_()
+            # argmax(p / E), E ~ Exp(1): a draw from p (the exponential race torch.multinomial runs for one sample)
+            tok = (probs / noise[t % ahead][rows]).argmax(-1)
         tok = torch.where(live, tok, torch.full_like(tok, pad_id))
         out[rows, t] = tok
         out_logp[rows, t] = torch.where(live, logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1), 0.0)

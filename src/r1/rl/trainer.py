@@ -70,45 +70,121 @@ def score(task, texts: list[str], answers: list[str], format_weight: float, lang
     return Scores(acc, fmt, total, reasons, lang, readable)
 
 
+def micro_batches(batch: RolloutBatch, group_size: int, budget: int) -> list[list[int]]:
+    """Rows of ``batch`` cut into micro-batches of whole groups, in order, each holding at most ``budget``
+    tokens (a group's prompt counted once, as the lean forward computes it, plus its completions up to
+    EOS), and at least one group. ``budget <= 0``: one micro-batch of every row."""
+    n = batch.completion_ids.shape[0]
+    if budget <= 0 or n <= group_size:
+        return [list(range(n))]
+    lengths = batch.completion_mask.sum(-1).tolist()
+    prompt_len = batch.prompt_mask.sum(-1).tolist()
+    out, cur, used = [], [], 0
+    for start in range(0, n, group_size):
+        rows = list(range(start, min(n, start + group_size)))
+        tokens = prompt_len[start] + sum(lengths[r] for r in rows)
+        if cur and used + tokens > budget:
+            out.append(cur)
+            cur, used = [], 0
+        cur += rows
+        used += tokens
+    return out + ([cur] if cur else [])
+
+
+UPDATE_ACTIVATION_MB = 256  # CPU: activations a micro-batch may hold, estimated (update_micro_batch_tokens=0)
+
+
+def auto_micro_batch_tokens(model) -> int:
+    """Tokens per micro-batch holding about ``UPDATE_ACTIVATION_MB`` of activations on CPU, from the
+    model's depth and widths: ~(12 hidden + 5 intermediate) values saved per token and layer (measured
+    on the lean forward: 10M Qwen2, 8 x 320, MLP 1024, ~300 KB per token in fp32). 0 (whole batch) on
+    a GPU, where the recipes bound memory with ``logprob_chunk_size`` and gradient checkpointing."""
+    param = next(model.parameters())
+    if param.device.type != "cpu":
+        return 0
+    c = getattr(model, "config", None)
+    if c is None or not hasattr(c, "hidden_size"):
+        return 0
+    per_token = c.num_hidden_layers * (12 * c.hidden_size + 5 * getattr(c, "intermediate_size", 4 * c.hidden_size))
+    return max(256, int(UPDATE_ACTIVATION_MB * 2**20 / (per_token * param.element_size())))
+
+
+def _trimmed(batch: RolloutBatch, rows: list[int]) -> RolloutBatch:
+    """The rows ``rows``, prompt columns that are padding in all of them and completion columns after the
+    longest of them dropped (nothing is computed on them)."""
+    part = batch.select(rows)
+    keep_p = int(part.prompt_mask.any(0).long().argmax()) if part.prompt_mask.any() else 0
+    width = max(1, int(part.completion_mask.sum(-1).max()))
+    return RolloutBatch(part.prompt_ids[:, keep_p:], part.prompt_mask[:, keep_p:], part.completion_ids[:, :width],
+                        part.completion_mask[:, :width], part.truncated, part.texts,
+                        None if part.sampler_logp is None else part.sampler_logp[:, :width])
+
+
 def policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages: torch.Tensor, cfg) -> dict:
     """``num_iterations`` optimizer steps on one rollout batch; returns detached statistics.
 
+    Each optimizer step accumulates the gradient over micro-batches of whole groups of at most
+    ``cfg.update_micro_batch_tokens`` tokens (:func:`micro_batches`; 0 = :func:`auto_micro_batch_tokens`), so the
+    activations held at once are bounded; each micro-batch's loss is weighted by its share of the batch
+    (tokens for ``token_mean``, completions otherwise), so the gradient is that of the whole batch's loss.
     ``reference=None`` with a LoRA policy: the reference is the policy with its adapters disabled
-    (``reference_logprobs``). ``cfg.logprob_chunk_size`` (0 = off) bounds
-    the logits held at once to [N, chunk, V].
+    (``reference_logprobs``). ``cfg.logprob_chunk_size`` (0 = off) bounds the logits held at once to
+    [n, chunk, V].
     """
-    args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask, cfg.temperature)
     chunk = cfg.logprob_chunk_size
     lean = getattr(cfg, "fast_logprobs", False)
     loss_mask = batch.completion_mask  # [N, L]
     if cfg.overlong == "mask":  # DAPO overlong filtering: truncated completions teach nothing
         loss_mask = loss_mask * (~batch.truncated).float().unsqueeze(-1)
-    ref_logp = None
-    if cfg.beta > 0:  # no reference forward at all when beta = 0
-        ref_logp = reference_logprobs(policy, reference, *args, chunk_size=chunk, lean=lean)
-    old_logp = None
-    if cfg.num_iterations > 1:  # computed once per rollout batch (GRPO Algorithm 1, DeepSeekMath)
-        with torch.no_grad():
-            old_logp, _ = token_logprobs(policy, *args, chunk_size=chunk, lean=lean)
+    parts = []
+    total_tokens, total_rows = loss_mask.sum().clamp(min=1.0), loss_mask.shape[0]
+    budget = getattr(cfg, "update_micro_batch_tokens", 0) or auto_micro_batch_tokens(policy)
+    for rows in micro_batches(batch, cfg.group_size, budget):
+        mb = _trimmed(batch, rows)
+        lm = loss_mask[rows][:, :mb.completion_ids.shape[1]]
+        args = (mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask, cfg.temperature)
+        ref_logp = old_logp = None
+        if cfg.beta > 0:  # no reference forward at all when beta = 0
+            ref_logp = reference_logprobs(policy, reference, *args, chunk_size=chunk, lean=lean)
+        if cfg.num_iterations > 1:  # computed once per rollout batch (GRPO Algorithm 1, DeepSeekMath)
+            with torch.no_grad():
+                old_logp, _ = token_logprobs(policy, *args, chunk_size=chunk, lean=lean)
+        weight = lm.sum() / total_tokens if cfg.loss_aggregation == "token_mean" else len(rows) / total_rows
+        parts.append((mb, args, lm, ref_logp, old_logp, advantages[rows], float(weight),
+                      mb.completion_mask.sum().item()))
     stats, sampler_dev = {}, None
+    n_tokens = sum(p[7] for p in parts)
     for it in range(cfg.num_iterations):
-        logp, entropy = token_logprobs(policy, *args, entropy_grad=cfg.entropy_coef > 0, chunk_size=chunk, lean=lean)
-        if it == 0 and batch.sampler_logp is not None:  # trainer vs sampler: ~1e-6 unless something is off
-            dev = ((logp.detach() - batch.sampler_logp).exp() - 1).abs() * batch.completion_mask
-            sampler_dev = dev.max().item()
-        loss, stats = grpo_loss(logp, logp.detach() if old_logp is None else old_logp, ref_logp, advantages,
-                                loss_mask, cfg.clip_eps, cfg.beta,
-                                clip_eps_high=None if cfg.clip_eps_high < 0 else cfg.clip_eps_high,
-                                ratio_level=cfg.ratio_level, kl_estimator=cfg.kl_estimator,
-                                aggregation=cfg.loss_aggregation, norm_tokens=cfg.max_new_tokens,
-                                entropy=entropy, entropy_coef=cfg.entropy_coef)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        acc, loss_total, ent_sum = {}, 0.0, 0.0
+        for mb, args, lm, ref_logp, old_logp, adv, weight, tokens in parts:
+            logp, entropy = token_logprobs(policy, *args, entropy_grad=cfg.entropy_coef > 0, chunk_size=chunk,
+                                           lean=lean)
+            if it == 0 and mb.sampler_logp is not None:  # trainer vs sampler: ~1e-6 unless something is off
+                dev = ((logp.detach() - mb.sampler_logp).exp() - 1).abs() * mb.completion_mask
+                sampler_dev = max(sampler_dev or 0.0, dev.max().item())
+            loss, part_stats = grpo_loss(logp, logp.detach() if old_logp is None else old_logp, ref_logp, adv, lm,
+                                         cfg.clip_eps, cfg.beta,
+                                         clip_eps_high=None if cfg.clip_eps_high < 0 else cfg.clip_eps_high,
+                                         ratio_level=cfg.ratio_level, kl_estimator=cfg.kl_estimator,
+                                         aggregation=cfg.loss_aggregation, norm_tokens=cfg.max_new_tokens,
+                                         entropy=entropy, entropy_coef=cfg.entropy_coef)
+            (loss * weight).backward()
+            loss_total += loss.item() * weight
+            share = lm.sum().item()  # the loss mask's tokens: what grpo_loss's statistics average over
+            for key, value in part_stats.items():
+                if key == "ratio_max_dev":
+                    acc[key] = max(acc.get(key, 0.0), value)
+                else:
+                    acc[key] = acc.get(key, 0.0) + value * share
+            acc["_tokens"] = acc.get("_tokens", 0.0) + share
+            ent_sum += (entropy.detach() * mb.completion_mask).sum().item()
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
         optimizer.step()
-        mask = batch.completion_mask
-        stats.update(loss=loss.item(), grad_norm=grad_norm.item(), sampler_ratio_max_dev=sampler_dev,
-                     entropy=((entropy.detach() * mask).sum() / mask.sum().clamp(min=1)).item())
+        denom = max(acc.pop("_tokens"), 1.0)
+        stats = {k: (v if k == "ratio_max_dev" else v / denom) for k, v in acc.items()}
+        stats.update(loss=loss_total, grad_norm=grad_norm.item(), sampler_ratio_max_dev=sampler_dev,
+                     entropy=ent_sum / max(n_tokens, 1.0))
     return stats
 
 

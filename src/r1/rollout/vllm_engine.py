@@ -1,0 +1,454 @@
+"""The GPU rollout engine: sampling with vLLM, in this process, next to the trainer.
+
+``VLLMEngine`` implements :class:`r1.rollout.engine.RolloutEngine`. The trainer's policy stays a
+``transformers`` module; vLLM holds a second copy of its weights, which ``sync_weights`` overwrites
+after every optimizer step. This is the "colocate" set-up of TRL's ``GRPOTrainer``.
+``vllm`` is imported inside the class methods only, so ``import r1`` works without it.
+
+Shapes (as in :mod:`r1.rollout.engine`): ``B`` prompts, ``G`` samples per prompt, ``N = B*G`` rows
+grouped prompt-major (rows ``i*G .. i*G+G-1`` belong to prompt ``i``), ``P`` prompt tokens (left-padded),
+``L`` completion tokens (right-padded after the first end-of-sequence token). Log-probabilities are in nats.
+
+Where the choices below come from (vLLM source and docs, TRL 1.16.0 as installed in this venv):
+
+* Log-probabilities at the sampling temperature. vLLM's V1 sampler returns ``raw_logprobs`` by default:
+  the model's log-softmax *before* temperature (``vllm/v1/sample/sampler.py``, ``Sampler.forward``).
+  The ``logprobs_mode`` engine argument (vLLM >= 0.10) can return ``processed_logprobs`` instead: the
+  log-softmax of the logits after temperature *and after top-k/top-p masking*
+  (``vllm/v1/sample/ops/topk_topp_sampler.py``, ``TopKTopPSampler.forward_native``). In 0.10.0,
+  "processed" did not include the temperature yet (PrimeIntellect-ai/prime-rl#697); TRL requires
+  vLLM 0.10.2 for it (huggingface/trl#4163, fixing trl#4159) and builds its colocated engine with
+  ``logprobs_mode="processed_logprobs"`` (``trl/generation/vllm_generation.py``, the ``LLM(...)``
+  call in colocate mode). So with vLLM >= 0.10.2 and ``top_p == 1`` this engine gets exactly
+  ``log_softmax(logits / T)[token]``, what :class:`~r1.rollout.engine.TransformersEngine` records.
+  With ``top_p < 1`` the processed value is renormalised over the nucleus (it is off by ``log S``,
+  ``S`` the nucleus mass; vllm-project/vllm#42259, huggingface/trl#6789) and the raw value lacks the
+  temperature unless ``T == 1``. Neither can be turned into the wanted number from the one
+  log-probability vLLM returns, so in those cases ``sampler_logp`` is ``None`` (with a warning);
+  the trainer then skips its sampler-vs-trainer check. Older vLLM (< 0.10.2): ``sampler_logp`` only at
+  ``T == 1`` and ``top_p == 1``, where every mode gives the same number.
+* Weight push. TRL 1.16.0 (``VLLMGeneration.sync_weights`` in ``trl/generation/vllm_generation.py``)
+  calls ``llm.llm_engine.model_executor.driver_worker.model_runner.model.load_weights([(name, param)])``
+  with Hugging Face parameter names (``_iter_named_params``: peft adapters merged first, prefixes
+  ``base_model.model.`` and ``.base_layer`` removed, ``lora_`` tensors skipped), then
+  ``llm.reset_prefix_cache()``. That attribute path exists only when the engine runs in this process
+  (TRL uses ``distributed_executor_backend="external_launcher"``). Here the engine is kept in-process
+  with ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` and the weights go through the public
+  ``LLM.collective_rpc(fn, args=...)`` (``vllm/entrypoints/llm.py``), which calls ``fn(worker, *args)`` on
+  each worker, directly (no serialisation) with the in-process executor; ``fn`` calls the worker model's
+  ``load_weights`` (each vLLM model class maps checkpoint names onto its fused ``qkv_proj`` /
+  ``gate_up_proj`` parameters and shards them itself). Versions without ``collective_rpc`` fall back to
+  TRL's attribute path.
+* Seeds. ``SamplingParams(seed=s, n=G)`` gives child request ``k`` the seed ``s + k``
+  (``vllm/v1/engine/parallel_sampling.py``, ``ParentRequest._get_child_sampling_params``); prompt ``i``
+  gets ``s = base + i*G`` with ``base`` drawn from torch's global generator, so every row has its own
+  stream and a seeded run repeats itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from r1.rollout.engine import RolloutBatch, completion_mask, eos_ids
+
+INSTALL_HINT = "rollout_engine=vllm needs vLLM: pip install 'r1[vllm]'"
+PROMPT_TOKEN_BOUND = 2048  # prompt tokens max_model_len leaves room for, beside max_new_tokens
+PUSH_CHUNK_BYTES = 1 << 30  # weights handed to vLLM per load_weights call (bounds merged LoRA copies)
+MIN_TEMPERATURE = 1e-2  # vLLM raises lower temperatures to 0.01 (SamplingParams.__post_init__)
+PROCESSED_WITH_TEMPERATURE = "0.10.2"  # first vLLM whose processed_logprobs include the temperature
+
+
+def _import_vllm():
+    """The ``vllm`` module. Raises ImportError with the install hint when it cannot be imported."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise ImportError(f"{INSTALL_HINT} ({exc})") from None
+    return vllm
+
+
+def processed_logprobs_have_temperature(vllm) -> bool:
+    """Whether this vLLM's ``processed_logprobs`` are taken after the temperature (>= 0.10.2; a
+    pre-release of 0.10.2 counts as older, a development build of a later version as newer)."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(str(getattr(vllm, "__version__", "0"))) >= Version(PROCESSED_WITH_TEMPERATURE)
+    except InvalidVersion:
+        return False
+
+
+def _engine_arg_names(vllm) -> set[str] | None:
+    """Names ``vllm.EngineArgs`` accepts (what ``LLM(**kwargs)`` forwards), None if unknown."""
+    import dataclasses
+
+    try:
+        return {f.name for f in dataclasses.fields(vllm.EngineArgs)}
+    except (AttributeError, TypeError):
+        return None
+
+
+def _tokens_prompt(vllm):
+    """``TokensPrompt`` (a TypedDict: ``{"prompt_token_ids": [...]}``), from where this version keeps it."""
+    cls = getattr(vllm, "TokensPrompt", None)
+    if cls is None:
+        from vllm.inputs import TokensPrompt as cls
+    return cls
+
+
+def _is_lora(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def policy_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's current weights under the names of its Hugging Face checkpoint, as vLLM loads them.
+
+    A plain model: every ``named_parameters()`` entry (tied weights once), detached, no copy.
+    A peft LoRA model: each adapted layer's ``W + scale * B A`` (and bias + ``lora_B`` bias with
+    ``lora_bias``), computed into a new tensor in ``W``'s dtype, so the policy itself is left as it is
+    (``merge_adapter``/``unmerge_adapter``, TRL's way, would round ``W`` twice in bf16); names lose
+    ``base_model.model.`` and ``.base_layer``; adapter tensors are skipped. A layer whose adapters are
+    disabled or already merged contributes its base weights as they are.
+
+    Yields:
+        (name, tensor) pairs, one layer at a time (a LoRA merge holds one extra matrix at a time).
+    Raises:
+        ValueError: a peft variant this cannot merge (DoRA and the other ``lora_variant`` kinds).
+    """
+    if not _is_lora(policy):
+        for name, param in policy.named_parameters():
+            yield name, param.detach()
+        return
+    from peft.tuners.lora import LoraLayer
+
+    layers: dict[str, LoraLayer] = {}
+    for name, module in policy.named_modules():
+        if isinstance(module, LoraLayer):
+            variants = [a for a in getattr(module, "lora_variant", {}) if a in module.active_adapters]
+            if variants and not (module.disable_adapters or module.merged):
+                raise ValueError(f"sync_weights: adapter {variants[0]!r} on {name} is a peft LoRA variant (e.g. DoRA); "
+                                 "only plain LoRA can be merged into the vLLM weights")
+            layers[name] = module
+    for name, param in policy.named_parameters():
+        parts = name.split(".")
+        if any(p.startswith("lora_") for p in parts) or "original_module" in parts:
+            continue
+        value = param.detach()
+        owner, _, leaf = name.rpartition(".base_layer.")
+        module = layers.get(owner) if leaf in ("weight", "bias") else None
+        if module is not None and not (module.disable_adapters or module.merged):
+            active = [a for a in module.active_adapters if a in module.lora_A]
+            if leaf == "weight" and active:
+                delta = sum(module.get_delta_weight(a).float() for a in active)
+                value = (value.float() + delta).to(value.dtype)
+            elif leaf == "bias":
+                biased = [a for a in active if getattr(module, "lora_bias", {}).get(a)]
+                if biased:
+                    delta = sum(module.lora_B[a].bias.detach().float() * module.scaling[a] for a in biased)
+                    value = (value.float() + delta).to(value.dtype)
+        clean = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        yield clean.replace(".modules_to_save.default", ""), value
+
+
+def _chunks(weights: Iterator[tuple[str, torch.Tensor]], limit: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Lists of (name, tensor) of at most ``limit`` bytes each (a bigger single tensor goes alone)."""
+    chunk, size = [], 0
+    for name, tensor in weights:
+        nbytes = tensor.numel() * tensor.element_size()
+        if chunk and size + nbytes > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((name, tensor))
+        size += nbytes
+    if chunk:
+        yield chunk
+
+
+def _load_into_model(model, weights: list[tuple[str, torch.Tensor]]) -> tuple[list[str] | None, list[str]]:
+    """``model.load_weights(weights)``; returns (names vLLM reports loaded, or None when this version
+    returns nothing; every parameter name of the vLLM model)."""
+    loaded = model.load_weights(weights=weights)
+    return (None if loaded is None else sorted(loaded)), [n for n, _ in model.named_parameters()]
+
+
+def _load_weights_on_worker(worker, weights: list[tuple[str, torch.Tensor]]):
+    """Run by ``LLM.collective_rpc`` on each vLLM worker: load ``weights`` into the worker's model."""
+    get_model = getattr(worker, "get_model", None)
+    model = get_model() if callable(get_model) else worker.model_runner.model
+    return _load_into_model(model, weights)
+
+
+class VLLMEngine:
+    """Rollouts from a vLLM ``LLM`` in this process (GPU only); see the module docstring for sources.
+
+    Build it with :meth:`from_config`. ``generate`` returns the same :class:`RolloutBatch` layout as
+    ``TransformersEngine``; ``sync_weights`` copies the policy's weights into vLLM and resets vLLM's
+    prefix cache.
+
+    Attributes:
+        llm: the ``vllm.LLM``.
+        stop_ids: ids that end a completion (:func:`r1.rollout.engine.eos_ids`).
+        device: where the returned tensors live (the policy's device).
+        max_model_len: prompt + completion tokens vLLM accepts per sequence.
+        logprobs_mode: "processed_logprobs" (vLLM >= 0.10.2: after temperature and top-p) or
+            "raw_logprobs" (older: before temperature).
+    """
+
+    name = "vllm"
+
+    def __init__(self, llm, tokenizer, stop_ids: Sequence[int], device: torch.device | str = "cpu",
+                 max_model_len: int | None = None, logprobs_mode: str = "processed_logprobs",
+                 prefix_caching: bool = True, workdir=None):
+        self.llm, self.tokenizer, self.stop_ids = llm, tokenizer, list(stop_ids)
+        self.device, self.max_model_len = torch.device(device), max_model_len
+        self.logprobs_mode, self.prefix_caching = logprobs_mode, prefix_caching
+        self._workdir = workdir  # TemporaryDirectory holding the weights vLLM was built from; lives with the engine
+        self._vllm = _import_vllm()
+        self._disabled_top_k = self._vllm.SamplingParams().top_k  # -1 before vLLM 0.10.x, 0 after
+
+    @classmethod
+    def from_config(cls, cfg, policy, tokenizer, **llm_kwargs) -> "VLLMEngine":
+        """A vLLM engine holding ``policy``'s current weights.
+
+        vLLM reads ``cfg.model_path`` (a local Hugging Face folder) when it is set, else a temporary
+        folder the policy is saved into (``save_pretrained`` + tokenizer; a LoRA policy merged); then
+        :meth:`sync_weights` runs once, so a policy that differs from that folder (SFT weights, LoRA
+        adapters) is what vLLM samples from. ``LLM`` arguments: ``dtype=cfg.dtype``,
+        ``gpu_memory_utilization=cfg.vllm_gpu_memory_utilization`` (the share of the whole GPU vLLM's
+        weights, activations and KV cache may take; the trainer needs the rest), ``seed=cfg.seed``,
+        ``max_model_len`` = the model's position limit capped at ``max(cfg.max_position,
+        cfg.max_new_tokens + 2048)``, prefix caching on, ``logprobs_mode="processed_logprobs"`` (vLLM >=
+        0.10.2), ``generation_config="vllm"`` (the checkpoint's sampling defaults are not applied);
+        ``llm_kwargs`` (e.g. ``enforce_eager=True``) are added or override. Sets
+        ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (engine in this process, for the weight push).
+
+        Raises:
+            ImportError: vLLM is not installed (``pip install 'r1[vllm]'``).
+            ValueError: no CUDA GPU is visible.
+        """
+        vllm = _import_vllm()
+        if not torch.cuda.is_available():
+            raise ValueError("rollout_engine=vllm needs a CUDA GPU (torch.cuda.is_available() is False); "
+                             "use rollout_engine=transformers on a CPU")
+        workdir = None
+        if cfg.model_path:
+            model_dir = str(Path(cfg.model_path))
+        else:
+            from r1.models.hf import save_policy
+
+            workdir = tempfile.TemporaryDirectory(prefix="r1-vllm-")
+            save_policy(policy, tokenizer, workdir.name, merged=True)
+            model_dir = workdir.name
+        limit = getattr(getattr(policy, "config", None), "max_position_embeddings", None) or cfg.max_position
+        max_model_len = int(min(limit, max(cfg.max_position, cfg.max_new_tokens + PROMPT_TOKEN_BOUND)))
+        processed = processed_logprobs_have_temperature(vllm)
+        kwargs = dict(model=model_dir, tokenizer=model_dir, dtype=cfg.dtype,
+                      gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, seed=cfg.seed,
+                      max_model_len=max_model_len)
+        optional = dict(enable_prefix_caching=hasattr(vllm.LLM, "reset_prefix_cache"), generation_config="vllm")
+        if processed:
+            optional["logprobs_mode"] = "processed_logprobs"
+        known = _engine_arg_names(vllm)
+        kwargs.update({k: v for k, v in optional.items() if known is None or k in known})
+        kwargs.update(llm_kwargs)
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        llm = vllm.LLM(**kwargs)
+        device = next(policy.parameters()).device
+        engine = cls(llm, tokenizer, eos_ids(policy, tokenizer), device, max_model_len,
+                     "processed_logprobs" if kwargs.get("logprobs_mode") == "processed_logprobs" else "raw_logprobs",
+                     bool(kwargs.get("enable_prefix_caching")), workdir)
+        engine.sync_weights(policy)
+        return engine
+
+    def logprobs_exact(self, temperature: float, top_p: float) -> bool:
+        """Whether vLLM's log-probability of a sampled token equals ``log_softmax(logits / T)[token]``
+        (after temperature, before top-p) for these settings; see the module docstring."""
+        if self.logprobs_mode == "processed_logprobs":
+            return top_p >= 1.0
+        return temperature == 1.0 and top_p >= 1.0
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], num_samples: int, max_new_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0) -> RolloutBatch:
+        """Sample ``num_samples`` completions for each prompt (full sampling, no top-k, no penalties).
+
+        Args:
+            prompts: B rendered prompt strings (BOS in the text), tokenised here with
+                ``add_special_tokens=False`` and handed to vLLM as token ids (``TokensPrompt``).
+            num_samples: G completions per prompt; rows grouped prompt-major.
+            max_new_tokens: completion limit in tokens.
+            temperature: > 0 (at least 0.01: vLLM raises lower values to 0.01).
+            top_p: nucleus mass in (0, 1].
+        Returns:
+            A :class:`RolloutBatch` on the policy's device: prompt_ids/prompt_mask [N, P] (left-padded),
+            completion_ids [N, L] (pad after the first stop id), completion_mask [N, L] float, truncated [N],
+            texts (N decoded completions without the stop token), sampler_logp [N, L] float32 nats at
+            ``temperature`` (0 on padding), or None where vLLM cannot return that number
+            (:meth:`logprobs_exact`; a warning says why).
+        Raises:
+            ValueError: empty prompts, num_samples < 1, max_new_tokens < 1, temperature < 0.01,
+                a prompt longer than ``max_model_len - max_new_tokens``.
+            RuntimeError: vLLM returned a different number of completions or no log-probabilities.
+        Randomness comes from torch's global generator (one draw per call): seed it before calling.
+        """
+        if not prompts or num_samples < 1 or max_new_tokens < 1:
+            raise ValueError(f"generate: {len(prompts)} prompts, num_samples={num_samples}, "
+                             f"max_new_tokens={max_new_tokens}; expected at least one of each")
+        if temperature < MIN_TEMPERATURE:
+            raise ValueError(f"temperature={temperature}: the vllm engine samples at temperature >= {MIN_TEMPERATURE} "
+                             "(vLLM raises lower values to 0.01 and treats 0 as greedy)")
+        B, G = len(prompts), num_samples
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
+                             padding_side="left")
+        token_lists = [row[m.bool()].tolist() for row, m in zip(enc.input_ids, enc.attention_mask)]
+        longest = max(len(t) for t in token_lists)
+        if self.max_model_len is not None and longest + max_new_tokens > self.max_model_len:
+            raise ValueError(f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the vLLM engine's "
+                             f"max_model_len={self.max_model_len}")
+        exact = self.logprobs_exact(temperature, top_p)
+        if not exact:
+            warnings.warn(f"vllm engine: sampler_logp is None at temperature={temperature}, top_p={top_p} with "
+                          f"logprobs_mode={self.logprobs_mode}: vLLM's log-probabilities there are not those at the "
+                          "temperature before top-p (see r1.rollout.vllm_engine)", stacklevel=2)
+        base = int(torch.randint(0, 2**31 - 1 - B * G, (1,)).item())
+        SamplingParams, TokensPrompt = self._vllm.SamplingParams, _tokens_prompt(self._vllm)
+        params = [SamplingParams(n=G, temperature=float(temperature), top_p=float(top_p), top_k=self._disabled_top_k,
+                                 min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
+                                 max_tokens=max_new_tokens, stop_token_ids=list(self.stop_ids),
+                                 logprobs=0 if exact else None, seed=base + i * G, detokenize=False)
+                  for i in range(B)]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=t) for t in token_lists], params, use_tqdm=False)
+        rows = completions_from_outputs(outputs, B, G, exact)
+        prompt_ids = enc.input_ids.repeat_interleave(G, 0)
+        prompt_mask = enc.attention_mask.repeat_interleave(G, 0)
+        batch = build_rollout_batch(prompt_ids, prompt_mask, rows, self.tokenizer, self.stop_ids)
+        return _to(batch, self.device)
+
+    def sync_weights(self, policy) -> None:
+        """Copy ``policy``'s current weights into vLLM's model, then drop vLLM's cached prefixes (their
+        keys and values came from the old weights). Call after every optimizer step.
+
+        Weights: :func:`policy_weights` (Hugging Face names; LoRA adapters merged into a copy, the
+        policy is not modified), handed over in chunks of about 1 GiB so a LoRA merge never holds a second
+        full model. Mechanism: ``LLM.collective_rpc(fn, args=(chunk,))`` where ``fn(worker, chunk)`` calls the
+        worker model's ``load_weights`` (vLLM V1), else TRL's
+        ``llm.llm_engine.model_executor.driver_worker.model_runner.model.load_weights`` (older vLLM).
+
+        Raises:
+            RuntimeError: this vLLM offers neither way in (e.g. its engine runs in another process), some
+                vLLM parameter was not covered by the pushed names (its value would be stale), or the
+                prefix cache could not be reset.
+            ValueError: a peft LoRA variant that cannot be merged (:func:`policy_weights`).
+        """
+        loaded: set[str] = set()
+        expected: set[str] = set()
+        reported = True
+        for chunk in _chunks(policy_weights(policy), PUSH_CHUNK_BYTES):
+            for names, params in self._push(chunk):
+                if names is None:
+                    reported = False
+                else:
+                    loaded.update(names)
+                expected.update(params)
+        if reported and expected - loaded:
+            missing = sorted(expected - loaded)
+            raise RuntimeError(f"sync_weights: {len(missing)} vLLM parameters received no weights (e.g. "
+                               f"{', '.join(missing[:3])}): the policy's parameter names do not match the "
+                               "checkpoint names vLLM loads; its samples would mix old and new weights")
+        if self.prefix_caching and self.llm.reset_prefix_cache() is False:
+            raise RuntimeError("sync_weights: vLLM could not reset its prefix cache (requests still running?)")
+
+    def _push(self, chunk: list[tuple[str, torch.Tensor]]) -> list:
+        """Load ``chunk`` on every vLLM worker; one ``_load_into_model`` result per worker."""
+        if hasattr(self.llm, "collective_rpc"):
+            return list(self.llm.collective_rpc(_load_weights_on_worker, args=(chunk,)))
+        try:
+            model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        except AttributeError:
+            raise RuntimeError("sync_weights: this vLLM has neither LLM.collective_rpc nor an in-process "
+                               "llm_engine.model_executor.driver_worker; cannot push weights (is "
+                               "VLLM_ENABLE_V1_MULTIPROCESSING=0?)") from None
+        return [_load_into_model(model, chunk)]
+
+
+def completions_from_outputs(outputs, num_prompts: int, num_samples: int,
+                             with_logprobs: bool) -> list[tuple[list[int], list[float] | None]]:
+    """Rows (token ids, log-probabilities or None) from ``LLM.generate``'s ``RequestOutput`` list,
+    prompt-major: ``outputs[i].outputs`` sorted by ``CompletionOutput.index``.
+
+    ``CompletionOutput.token_ids`` holds every sampled token, the stop token included;
+    ``CompletionOutput.logprobs`` one ``{token_id: Logprob}`` dict per token (``logprobs=0``: the sampled
+    token alone), read as ``step[token_id].logprob``.
+
+    Raises:
+        RuntimeError: not ``num_prompts`` outputs of ``num_samples`` completions, or log-probabilities
+            missing or not matching the tokens.
+    """
+    if len(outputs) != num_prompts:
+        raise RuntimeError(f"vLLM returned {len(outputs)} request outputs for {num_prompts} prompts")
+    rows = []
+    for i, out in enumerate(outputs):
+        comps = sorted(out.outputs, key=lambda c: getattr(c, "index", 0))
+        if len(comps) != num_samples:
+            raise RuntimeError(f"vLLM returned {len(comps)} completions for prompt {i}, expected {num_samples}")
+        for c in comps:
+            ids = [int(t) for t in c.token_ids]
+            logps = None
+            if with_logprobs:
+                steps = c.logprobs
+                if steps is None or len(steps) != len(ids):
+                    raise RuntimeError(f"vLLM returned {None if steps is None else len(steps)} log-probability steps "
+                                       f"for {len(ids)} tokens (prompt {i})")
+                try:
+                    logps = [float(step[t].logprob) for step, t in zip(steps, ids)]
+                except KeyError as exc:
+                    raise RuntimeError(f"vLLM's log-probabilities lack the sampled token {exc} (prompt {i})") from None
+            rows.append((ids, logps))
+    return rows
+
+
+def build_rollout_batch(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                        rows: list[tuple[list[int], list[float] | None]], tokenizer,
+                        stop_ids: Sequence[int]) -> RolloutBatch:
+    """A :class:`RolloutBatch` laid out as ``generate_rollouts`` lays it out.
+
+    Args:
+        prompt_ids, prompt_mask: [N, P] left-padded prompts, already repeated G times per prompt.
+        rows: N (completion token ids, their log-probabilities or None).
+        stop_ids: ids that end a completion.
+    Returns:
+        completion_ids [N, L] (L = longest row) right-padded with the pad id and pad after the first stop
+        id; completion_mask / truncated from :func:`r1.rollout.engine.completion_mask`; texts decoded with
+        ``skip_special_tokens=False`` from the tokens before the stop token (stop and pad ids dropped);
+        sampler_logp [N, L] float32 (0 on padding), None if any row has None.
+    """
+    pad_id = tokenizer.pad_token_id
+    stop = list(stop_ids)
+    width = max(1, max(len(ids) for ids, _ in rows))
+    completion_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    with_logp = all(lp is not None for _, lp in rows)
+    sampler_logp = torch.zeros(len(rows), width, dtype=torch.float32) if with_logp else None
+    for r, (ids, lp) in enumerate(rows):
+        completion_ids[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        if with_logp:
+            sampler_logp[r, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
+    mask, truncated = completion_mask(completion_ids, stop)
+    completion_ids = completion_ids.masked_fill(mask == 0, pad_id)
+    if with_logp:
+        sampler_logp = sampler_logp * mask
+    keep = (mask > 0) & ~torch.isin(completion_ids, torch.tensor(stop + [pad_id], dtype=torch.long))
+    texts = tokenizer.batch_decode([row[k].tolist() for row, k in zip(completion_ids, keep)],
+                                   skip_special_tokens=False)
+    return RolloutBatch(prompt_ids, prompt_mask, completion_ids, mask, truncated, texts, sampler_logp)
+
+
+def _to(batch: RolloutBatch, device: torch.device) -> RolloutBatch:
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return RolloutBatch(move(batch.prompt_ids), move(batch.prompt_mask), move(batch.completion_ids),
+                        move(batch.completion_mask), move(batch.truncated), batch.texts, move(batch.sampler_logp))
