@@ -16,8 +16,8 @@ completions per rollout batch (TRL ``steps_per_generation=1``, ``num_iterations=
 Reported per engine (median over ``--steps`` steps after ``--warmup``): seconds per step, and inside it
 generate / reward / update seconds (TRL: its ``_generate`` and ``_calculate_rewards`` timed by wrapping,
 update = step - generate - reward, which holds the reference and loss forward, backward and the optimizer);
-generated tokens/s (completion tokens incl. EOS / generate seconds); trained tokens/s (prompt + completion
-tokens / update seconds); peak RSS (MB, ``ru_maxrss`` of the subprocess); the ratio TRL / r1.
+generated tokens/s (completion tokens incl. EOS / generate seconds, median of the per-step rates); trained
+tokens/s (prompt + completion tokens of the batch, padding not counted, / update seconds); peak RSS (MB, ``ru_maxrss`` of the subprocess); the ratio TRL / r1.
 """
 
 from __future__ import annotations
@@ -190,8 +190,9 @@ def one(engine: str, size: str, beta: float, G: int, steps: int, model_dir: Path
 def summarize(result: dict, warmup: int) -> dict:
     rows = result["rows"][warmup:]
     med = {k: statistics.median(r[k] for r in rows) for k in ("step_s", "generate_s", "reward_s", "update_s")}
-    gen_tok = sum(r["completion_tokens"] for r in rows) / max(1e-9, sum(r["generate_s"] for r in rows))
-    trained = sum(r["completion_tokens"] + r["prompt_tokens"] for r in rows) / max(1e-9, sum(r["update_s"] for r in rows))
+    # rates: the median of the per-step rates (a single descheduled step cannot skew them)
+    gen_tok = statistics.median(r["completion_tokens"] / max(1e-9, r["generate_s"]) for r in rows)
+    trained = statistics.median((r["completion_tokens"] + r["prompt_tokens"]) / max(1e-9, r["update_s"]) for r in rows)
     return {**med, "gen_tokens_per_s": gen_tok, "trained_tokens_per_s": trained, "peak_rss_mb": result["peak_rss_mb"],
             "steps": len(rows)}
 

@@ -175,22 +175,32 @@ def main() -> int:
         model, rows = fn(cfg, base_dir, tok, task, heldout, args.steps)
         train_s = time.time() - t0
         model.eval()
-        summary = evaluate(model, tok, task, problems, eval_cfg)["summary"]
-        results[name] = {"rows": rows, "train_seconds": train_s, "eval": summary}
+        ev = evaluate(model, tok, task, problems, eval_cfg)
+        summary = ev["summary"]
+        per_problem = [sum(bool(x["correct"]) for x in p["samples"]) / len(p["samples"]) for p in ev["problems"]]
+        mean = sum(per_problem) / len(per_problem)
+        se = (sum((x - mean) ** 2 for x in per_problem) / (len(per_problem) - 1) / len(per_problem)) ** 0.5
+        results[name] = {"rows": rows, "train_seconds": train_s, "eval": summary, "pass_se": se,
+                         "per_problem": per_problem}
         print(f"{name}: {args.steps} steps in {train_s:.0f} s, pass@1 {summary['pass@1']:.3f}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     plot(results, out)
     lines = ["| trainer | steps | train s | s/step | mean training accuracy, last 10 steps | held-out pass@1 "
-             f"(k={args.eval_k}) | format | mean length |", "|---|---|---|---|---|---|---|---|"]
+             f"(k={args.eval_k}) ± s.e. | format | readability | mean length |", "|---|---|---|---|---|---|---|---|---|"]
     for name in ("trl", "r1"):
         r = results[name]
         last = [x["accuracy"] for x in r["rows"][-10:]]
         e = r["eval"]
         lines.append(f"| {name} | {len(r['rows'])} | {r['train_seconds']:.0f} | {r['train_seconds'] / len(r['rows']):.2f} | "
-                     f"{sum(last) / len(last):.3f} | {e['pass@1']:.3f} | {e.get('format', float('nan')):.3f} | "
-                     f"{e.get('length_mean', e.get('mean_length', float('nan'))):.1f} |")
+                     f"{sum(last) / len(last):.3f} | {e['pass@1']:.3f} ± {r['pass_se']:.3f} | {e['format']:.3f} | "
+                     f"{e['readability']:.3f} | {e['len_mean']:.1f} |")
+    diff = [a - b for a, b in zip(results["r1"]["per_problem"], results["trl"]["per_problem"])]
+    d_mean = sum(diff) / len(diff)
+    d_se = (sum((x - d_mean) ** 2 for x in diff) / (len(diff) - 1) / len(diff)) ** 0.5
+    lines.append(f"\nr1 minus TRL, held-out pass@1 paired over the {len(diff)} problems: {100 * d_mean:+.1f} "
+                 f"± {100 * d_se:.1f} points.")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
