@@ -70,7 +70,7 @@ class RunConfig:
     rollout_engine: str = "transformers"  # "transformers" (this process, CPU or GPU) or "vllm" (GPU, pip install r1[vllm])
     sampler: str = "auto"  # transformers engine: "lean" (r1's KV-cache sampler), "generate" (transformers' generate), auto = lean where the model family allows
     fast_logprobs: bool = True  # policy/reference log-probs by r1's lean forward (shared prompt per group, no padding compute) where the model family allows
-    update_micro_batch_tokens: int = 0  # policy update: gradients accumulated over micro-batches of whole groups of at most this many tokens; 0 = auto (~512 MB of activations on CPU, whole batch on GPU)
+    update_micro_batch_tokens: int = 0  # policy update: gradients accumulated over micro-batches of whole groups of at most this many tokens; 0 = auto (~256 MB of activations on CPU, whole batch on GPU)
     vllm_gpu_memory_utilization: float = 0.3  # vllm engine: share of GPU memory vLLM may take (the trainer needs the rest)
 
     # --- policy (a Llama-class decoder built from a config, random init) ---

@@ -91,7 +91,7 @@ def micro_batches(batch: RolloutBatch, group_size: int, budget: int) -> list[lis
     return out + ([cur] if cur else [])
 
 
-UPDATE_ACTIVATION_MB = 512  # CPU: activations a micro-batch may hold, estimated (update_micro_batch_tokens=0)
+UPDATE_ACTIVATION_MB = 256  # CPU: activations a micro-batch may hold, estimated (update_micro_batch_tokens=0)
 
 
 def auto_micro_batch_tokens(model) -> int:
