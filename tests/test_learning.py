@@ -178,3 +178,39 @@ def test_micro_batches_give_the_whole_batch_gradient_and_statistics():
             for key in ("loss", "kl", "clipfrac", "entropy", "ratio_max_dev", "grad_norm"):
                 assert abs(stats[key] - want_stats[key]) <= 1e-5 * abs(want_stats[key]) + 1e-7, (aggregation, key)
         assert want_stats["kl"] > 0
+
+
+def test_rl_step_samples_through_the_engine_and_syncs_weights_after_the_update():
+    """rl_step asks its rollout engine for B prompts x G completions with the config's length and
+    temperature, and hands it the updated policy once per step, after the optimizer step."""
+    import dataclasses
+    from r1.rl.trainer import rl_step
+    from r1.rollout.engine import TransformersEngine, make_engine
+    from r1.tasks.multiplication import MultiplicationTask
+
+    cfg = dataclasses.replace(RunConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                        intermediate_size=64), prompts_per_step=3, group_size=2, max_new_tokens=9,
+                              temperature=0.8, lr=1e-2)
+    tok = build_tokenizer()
+    policy = build_policy(cfg, tok, seed=0)
+    reference = build_policy(cfg, tok, seed=0).requires_grad_(False)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
+    events = []
+
+    class Recording(TransformersEngine):
+        def generate(self, prompts, num_samples, max_new_tokens, temperature=1.0, top_p=1.0):
+            events.append(("generate", len(prompts), num_samples, max_new_tokens, temperature))
+            return super().generate(prompts, num_samples, max_new_tokens, temperature, top_p)
+
+        def sync_weights(self, p):
+            events.append(("sync", p is policy, opt.state_dict()["state"] != {}))  # after the optimizer step
+            super().sync_weights(p)
+
+    row, samples = rl_step(0, policy, reference, opt, tok, MultiplicationTask(2, 2), set(), cfg,
+                           engine=Recording(policy, tok))
+    assert events == [("generate", 3, 2, 9, 0.8), ("sync", True, True)]
+    assert len(samples) == 6 and row["train/sampler_ratio_max_dev"] < 1e-4
+    assert isinstance(make_engine(cfg, policy, tok), TransformersEngine)
+    import pytest
+    with pytest.raises(ValueError, match="samples from the module it was built with"):
+        TransformersEngine(policy, tok).sync_weights(reference)

@@ -96,17 +96,20 @@ UPDATE_ACTIVATION_MB = 256  # CPU: activations a micro-batch may hold, estimated
 
 def auto_micro_batch_tokens(model) -> int:
     """Tokens per micro-batch holding about ``UPDATE_ACTIVATION_MB`` of activations on CPU, from the
-    model's depth and widths: ~(12 hidden + 5 intermediate) values saved per token and layer (measured
-    on the lean forward: 10M Qwen2, 8 x 320, MLP 1024, ~300 KB per token in fp32). 0 (whole batch) on
-    a GPU, where the recipes bound memory with ``logprob_chunk_size`` and gradient checkpointing."""
+    model's depth and widths: ~(12 hidden + 5 intermediate) values saved per token and layer, plus ~40 KB
+    per token whatever the size (logits, masks, bucket padding, allocator slack); fitted to the peak RSS
+    of the lean update measured on this machine (Qwen2 4 x 128: ~90 KB per token; 8 x 320: ~320 KB, fp32).
+    0 (whole batch) on a GPU, where the recipes bound memory with ``logprob_chunk_size`` and gradient
+    checkpointing."""
     param = next(model.parameters())
     if param.device.type != "cpu":
         return 0
     c = getattr(model, "config", None)
     if c is None or not hasattr(c, "hidden_size"):
         return 0
-    per_token = c.num_hidden_layers * (12 * c.hidden_size + 5 * getattr(c, "intermediate_size", 4 * c.hidden_size))
-    return max(256, int(UPDATE_ACTIVATION_MB * 2**20 / (per_token * param.element_size())))
+    values = c.num_hidden_layers * (12 * c.hidden_size + 5 * getattr(c, "intermediate_size", 4 * c.hidden_size))
+    per_token = values * param.element_size() + 40 * 1024  # bytes
+    return max(256, int(UPDATE_ACTIVATION_MB * 2**20 / per_token))
 
 
 def _trimmed(batch: RolloutBatch, rows: list[int]) -> RolloutBatch:
