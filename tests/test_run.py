@@ -108,6 +108,10 @@ def test_eval_every_logs_pass_at_1_and_base_from_reuses_the_base(tmp_path, capsy
     ("digits=[2]", "digits=[2]"),
     ("base_from=nowhere", "base_from='nowhere': no model.safetensors"),
     ("eval_every=-1", "eval_every=-1: expected >= 0"),
+    ("sampler=fast", "sampler='fast': expected one of auto, lean, generate"),
+    ("rollout_engine=vllm", "rollout_engine='vllm': "),  # no vLLM / no GPU here: refused before anything runs
+    ("update_micro_batch_tokens=-1", "update_micro_batch_tokens=-1: expected >= 0"),
+    ("vllm_gpu_memory_utilization=1.5", "vllm_gpu_memory_utilization=1.5: expected a share in (0, 1]"),
 ])
 def test_bad_input_is_one_line_exit_2(arg, needle, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "r1.cli", "run", arg, f"runs_dir={tmp_path}"],

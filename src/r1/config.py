@@ -241,11 +241,26 @@ class RunConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name}={value}: expected a finite number")
         _check_sft(self)
+        if self.rollout_engine == "vllm":
+            _check_vllm(self)
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ConfigError(f"vllm_gpu_memory_utilization={self.vllm_gpu_memory_utilization}: expected a share in (0, 1]")
         if not self.name or "/" in self.name or self.name in (".", ".."):
             raise ConfigError(f"name={self.name!r}: expected a non-empty folder name without '/'")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _check_vllm(cfg: RunConfig) -> None:
+    """rollout_engine=vllm needs vLLM installed and a CUDA GPU: say so before anything runs."""
+    import importlib.util
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("rollout_engine='vllm': vLLM is not installed; expected pip install 'r1[vllm]' on a GPU "
+                          "machine, or rollout_engine=transformers")
+    import torch
+    if not torch.cuda.is_available():
+        raise ConfigError("rollout_engine='vllm': no CUDA GPU is visible; expected a GPU, or rollout_engine=transformers")
 
 
 def _check_base(cfg: RunConfig) -> None:
