@@ -222,3 +222,15 @@ def test_default_name_follows_a_checkpoint_run(tmp_path):
     assert cfg.name == "countdown-tinyq"
     assert load_config(Path(__file__).parents[1] / "configs" / "r1-zero-mult.yaml").name == "r1-zero-mult"
     assert load_config(None, [f"model_path={model}", "name=mine"]).name == "mine"
+
+
+def test_an_interrupted_save_is_not_a_checkpoint(tmp_path):
+    """A kill during save_checkpoint leaves ``step-N.tmp`` with a partial trainer_state.pt; resume must take
+    the last complete checkpoint (a found bug: the .tmp folder sorted last and torch.load hit EOF)."""
+    from r1.run import _rl_checkpoints
+    from r1.sft import _checkpoints
+    for d in ("step-000002", "step-000004.tmp"):
+        (tmp_path / "checkpoints" / d).mkdir(parents=True)
+        (tmp_path / "checkpoints" / d / "trainer_state.pt").write_bytes(b"" if d.endswith(".tmp") else b"x")
+    assert [p.name for p in _rl_checkpoints(tmp_path)] == ["step-000002"]
+    assert [p.name for p in _checkpoints(tmp_path)] == ["step-000002"]

@@ -55,7 +55,9 @@ def _load(path: Path):
 
 
 def _rl_checkpoints(run_dir: Path) -> list[Path]:
-    return sorted(p for p in (run_dir / "checkpoints").glob("step-*") if (p / "trainer_state.pt").exists())
+    """Complete RL checkpoints, oldest first (a ``step-*.tmp`` folder is a save that a kill interrupted)."""
+    return sorted(p for p in (run_dir / "checkpoints").glob("step-*")
+                  if not p.name.endswith(".tmp") and (p / "trainer_state.pt").exists())
 
 
 def _device(cfg) -> str:

@@ -274,7 +274,8 @@ def total_steps(cfg, n: int) -> int:
 
 
 def _checkpoints(stage_dir: Path) -> list[Path]:
-    return sorted(p for p in (stage_dir / "checkpoints").glob("step-*") if (p / "trainer_state.pt").exists())
+    return sorted(p for p in (stage_dir / "checkpoints").glob("step-*")
+                  if not p.name.endswith(".tmp") and (p / "trainer_state.pt").exists())  # .tmp: an interrupted save
 
 
 def run_sft(cfg: RunConfig, stage_dir: str | Path, quiet: bool = False) -> dict:

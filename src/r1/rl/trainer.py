@@ -318,13 +318,14 @@ def save_checkpoint(path: Path, policy, tokenizer, optimizer, step: int, referen
     """``save_pretrained`` (safetensors) + tokenizer + ``trainer_state.pt`` (optimizer, step and,
     when given, the reference model's weights: a refreshed reference is not the base)."""
     tmp = path.with_name(path.name + ".tmp")
+    import shutil
+    shutil.rmtree(tmp, ignore_errors=True)  # what a kill during an earlier save left
     save_policy(policy, tokenizer, tmp)  # LoRA: the adapters, with the base's absolute path
     state = {"step": step, "optimizer": optimizer.state_dict()}
     if reference is not None:
         state["reference"] = reference.state_dict()
     torch.save(state, tmp / "trainer_state.pt")
     if path.exists():
-        import shutil
         shutil.rmtree(path)
     tmp.rename(path)  # a checkpoint folder is complete or absent, never half-written
 
