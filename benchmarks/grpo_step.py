@@ -1,7 +1,7 @@
 """Seconds per GRPO step: r1 against TRL's GRPOTrainer doing the same work, side by side on this machine.
 
     .venv/bin/pip install "trl==1.16.0"          # benchmark-only (pip install -e ".[bench]"); never a runtime dependency
-    .venv/bin/python benchmarks/grpo_step.py                      # the issue's table: {1M, 10M} x {beta 0.04, 0} x {G 8, 16}
+    .venv/bin/python benchmarks/grpo_step.py                      # the table: {1M, 10M} x {beta 0.04, 0} x {G 8, 16}
     .venv/bin/python benchmarks/grpo_step.py --configs 1M:0.04:8 --steps 12 --out /tmp/t.md
 
 Same work for both engines (each config, each engine in its own fresh subprocess, so peak RSS is its own):
@@ -149,7 +149,7 @@ def run_trl(model_dir: Path, beta: float, G: int, steps: int) -> list[dict]:
         return wrapper
 
     def count_tokens(a, out):  # _calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        timers["completion_tokens"] += sum(min(len(c) + 1, MAX_NEW) for c in a[3])
+        timers["completion_tokens"] += sum(len(c) for c in a[3])  # TRL's completion ids end with the EOS
         timers["prompt_tokens"] += sum(len(tok(p, add_special_tokens=False).input_ids) for p in a[1])
 
     trainer._generate = timed("generate_s", trainer._generate)
@@ -220,9 +220,9 @@ def table(results: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="SIZE:BETA:G,... (default: the issue's 8)")
+    ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="SIZE:BETA:G,... (default: all 8 of the table)")
     ap.add_argument("--engines", default="trl,r1")
-    ap.add_argument("--steps", type=int, default=12, help="measured steps after warm-up (median over them)")
+    ap.add_argument("--steps", type=int, default=10, help="measured steps after warm-up (median over them)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out", help="also write the table (Markdown) and the raw rows (.json beside it) here")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -256,8 +256,10 @@ def main() -> int:
                       f"{s['reward_s']:.3f}, update {s['update_s']:.3f}), peak RSS {s['peak_rss_mb']:.0f} MB "
                       f"[{time.time() - t0:.0f} s]", flush=True)
     text = table(results)
-    print("\n" + text)
+    print("\n" + text + "\n\nEach column is its own median over steps (parts need not add up to s/step); "
+          "TRL / r1 above 1 means r1 is faster (seconds) or better (rates, RSS).")
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
         Path(args.out).with_suffix(".json").write_text(json.dumps(raw, indent=1))
     return 0

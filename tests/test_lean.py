@@ -222,3 +222,17 @@ def test_bfloat16_close_to_transformers():
         got, _ = lean.token_logprobs(model, *args)
     assert ((got - want) * args[3]).abs().max() < 0.1  # bf16 rounding of different kernel orders
     assert ((got - want) * args[3]).abs().mean() < 0.01
+
+
+def test_sampler_lean_on_an_unsupported_checkpoint_is_refused_before_the_run(tmp_path):
+    """sampler=lean names what it cannot run in one line at config time (auto would fall back)."""
+    from r1.config import ConfigError, load_config
+    from r1.models.tiny import save_tiny
+    ds = save_tiny("deepseek_v3", tmp_path / "ds")
+    with pytest.raises(ConfigError, match="sampler='lean': model_path is a DeepseekV3ForCausalLM"):
+        load_config(None, [f"model_path={ds}", "sampler=lean"])
+    qwen = save_tiny("qwen2", tmp_path / "qwen")
+    with pytest.raises(ConfigError, match="sampler='lean' with lora_r=4"):
+        load_config(None, [f"model_path={qwen}", "sampler=lean", "lora_r=4"])
+    assert load_config(None, [f"model_path={qwen}", "sampler=lean"]).sampler == "lean"
+    assert load_config(None, [f"model_path={ds}"]).sampler == "auto"

@@ -333,7 +333,7 @@ def test_make_engine_routes_to_vllm(tiny, monkeypatch):
 def test_missing_vllm_is_an_import_error(tiny, monkeypatch):
     policy, tok = tiny
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
-    with pytest.raises(ImportError, match=r"^rollout_engine=vllm needs vLLM: pip install 'r1\[vllm\]'"):
+    with pytest.raises(ImportError, match=r"^rollout_engine=vllm needs vLLM: pip install -e '\.\[vllm\]'"):
         VLLMEngine.from_config(RunConfig(), policy, tok)
 
 

@@ -243,6 +243,8 @@ class RunConfig:
         _check_sft(self)
         if self.rollout_engine == "vllm":
             _check_vllm(self)
+        if self.sampler == "lean":
+            _check_lean(self)
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
             raise ConfigError(f"vllm_gpu_memory_utilization={self.vllm_gpu_memory_utilization}: expected a share in (0, 1]")
         if not self.name or "/" in self.name or self.name in (".", ".."):
@@ -252,11 +254,29 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+def _check_lean(cfg: RunConfig) -> None:
+    """sampler=lean needs a Llama / Qwen2 / Qwen3 policy without LoRA: say so before anything runs
+    (``sampler=auto`` falls back to transformers' generate instead)."""
+    from r1.models.lean import FAMILIES
+    if cfg.lora_r:
+        raise ConfigError(f"sampler='lean' with lora_r={cfg.lora_r}: the lean sampler does not run peft policies; "
+                          "expected sampler=auto or generate")
+    if cfg.model_path:
+        import json
+        try:
+            arch = (json.loads((Path(cfg.model_path) / "config.json").read_text()).get("architectures") or ["?"])[0]
+        except (OSError, ValueError):
+            return  # the model loader reports an unreadable checkpoint in its own words
+        if arch not in FAMILIES:
+            raise ConfigError(f"sampler='lean': model_path is a {arch}; expected one of {', '.join(FAMILIES)}, "
+                              "or sampler=auto / generate")
+
+
 def _check_vllm(cfg: RunConfig) -> None:
     """rollout_engine=vllm needs vLLM installed and a CUDA GPU: say so before anything runs."""
     import importlib.util
     if importlib.util.find_spec("vllm") is None:
-        raise ConfigError("rollout_engine='vllm': vLLM is not installed; expected pip install 'r1[vllm]' on a GPU "
+        raise ConfigError("rollout_engine='vllm': vLLM is not installed; expected pip install -e '.[vllm]' on a GPU "
                           "machine, or rollout_engine=transformers")
     import torch
     if not torch.cuda.is_available():

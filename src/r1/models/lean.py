@@ -32,7 +32,8 @@ BUCKET_COST = 384  # tokens of padding a further length bucket must save to be w
 
 
 def unsupported(model, training: bool = False) -> str | None:
-    """Why the lean forward cannot run ``model`` (None when it can)."""
+    """Why the lean forward cannot run ``model`` (None when it can); ``training``: for a forward with
+    gradients (which gradient checkpointing and attention dropout rule out)."""
     name = type(model).__name__
     if name not in FAMILIES:
         return f"{name} is not one of {', '.join(FAMILIES)}"
@@ -43,7 +44,13 @@ def unsupported(model, training: bool = False) -> str | None:
         return "layers with sliding-window attention"
     if getattr(c, "use_sliding_window", False):
         return "use_sliding_window=True"
-    if training and getattr(model, "is_activation_checkpointing", False):
+    rope = (getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {})
+    if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) == "dynamic":
+        return "dynamic NTK rotary scaling (its frequencies depend on the sequence length seen)"
+    checkpointing = getattr(model, "is_activation_checkpointing", None)
+    if checkpointing is None:  # transformers releases before the rename
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    if training and checkpointing:
         return "gradient checkpointing is on"
     for m in model.modules():  # transformers' own input-grad hook (gradient checkpointing) changes no value
         hooks = [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
@@ -136,7 +143,7 @@ class _Weights:
         return F.linear(self.norm(x, self.decoder.norm.weight), head.weight, head.bias).float()
 
 
-def _prompt_pass(w: _Weights, ids: torch.Tensor, mask: torch.Tensor, keep_kv: bool):
+def _prompt_pass(w: _Weights, ids: torch.Tensor, mask: torch.Tensor):
     """Run left-padded prompts [U, P] through every layer; returns the last position's hidden state
     [U, D] (final norm not applied), the per-layer (k, v) [U, KH, P, hd] and the position ids."""
     U, P = ids.shape
@@ -169,6 +176,7 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
         completion_ids, completion_mask: [N, L] completions (mask 1 up to and including EOS, then 0).
         temperature: logits are divided by it before the softmax.
         entropy_grad: keep the entropy in the autograd graph.
+        buckets: at most this many length buckets (:func:`_buckets` picks how many pay off).
     Returns:
         logp [N, L] and entropy [N, L] in nats, 0 on completion padding (with grad if the model has it).
     Raises:
@@ -188,7 +196,7 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
     p_mask = prompt_mask[uniq]
     first = int(p_mask.any(0).long().argmax()) if p_mask.any() else 0  # columns of padding in every prompt
     p_ids, p_mask = prompt_ids[uniq, first:], p_mask[:, first:]
-    last, kv, p_pos = _prompt_pass(w, p_ids, p_mask, keep_kv=True)
+    last, kv, p_pos = _prompt_pass(w, p_ids, p_mask)
     p_len = p_mask.sum(-1)  # [U] real prompt tokens
 
     lengths = completion_mask.sum(-1).long().clamp(min=1)  # [N]
@@ -256,15 +264,26 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
     """Sample ``num_samples`` completions per prompt with a KV cache, computing only unfinished rows.
 
     Each distinct prompt is prefilled once and its cache copied to its G rows. At every step the
-    next token is drawn with ``torch.multinomial`` from softmax(logits / temperature), after top-p
-    truncation as transformers' ``TopPLogitsWarper`` does it (``greedy``: argmax instead); a row stops
-    after a token in ``stop_ids``; the cache drops finished rows once a quarter of its rows are done.
-    Randomness comes from torch's global generator.
+    next token is drawn from softmax(logits / temperature), after top-p truncation as transformers'
+    ``TopPLogitsWarper`` does it, by the exponential race ``argmax(p / E)``, E ~ Exp(1) per row and
+    token, the draw ``torch.multinomial`` makes for one sample (``greedy``: argmax of the logits
+    instead); a row stops after a token in ``stop_ids``; the cache drops finished rows once a quarter of
+    its rows are done. Randomness comes from torch's global generator; the noise of up to 64 steps is
+    drawn at once (at most 16 MB), in the order ``generate`` draws it step by step, so within one call the
+    samples equal ``generate``'s up to float rounding of the logits, while the generator's state after
+    the call differs (later calls then differ).
 
     Args:
         prompt_ids, prompt_mask: [B, P] left-padded distinct prompts.
         num_samples: G rows per prompt (prompt-major: rows i*G .. i*G+G-1 are prompt i's).
         max_new_tokens: completion limit in tokens.
+        temperature: > 0; logits are divided by it.
+        top_p: nucleus mass in (0, 1]; 1 = full sampling.
+        stop_ids: token ids that end a row (kept in the output, like EOS).
+        pad_id: written after a row's stop token.
+        greedy: argmax decoding (for tests against ``generate(do_sample=False)``).
+    Raises:
+        ValueError: a model :func:`unsupported` names a reason for.
     Returns:
         completion_ids [B*G, l] (``pad_id`` after a row's stop token; l <= max_new_tokens is the longest
         completion) and sampler_logp [B*G, l], log p(token) under softmax(logits / temperature) before
@@ -277,7 +296,7 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
     B, P = prompt_ids.shape
     dev = prompt_ids.device
     G, L = num_samples, max_new_tokens
-    last, kv, p_pos = _prompt_pass(w, prompt_ids, prompt_mask, keep_kv=True)
+    last, kv, p_pos = _prompt_pass(w, prompt_ids, prompt_mask)
     rows = torch.arange(B * G, device=dev)  # original row of each live cache row
     expand = torch.arange(B, device=dev).repeat_interleave(G)
     cache = []

@@ -148,8 +148,12 @@ def generate_rollouts(model, tokenizer, prompts: list[str], num_samples: int, ma
             model's ``generation_config.eos_token_id``).
         sampler: "lean" (:func:`r1.models.lean.sample`: each prompt prefilled once, finished rows no longer
             computed; Llama/Qwen2/Qwen3 families), "generate" (transformers' ``generate``), or "auto"
-            (lean where the model allows it, else generate). Both draw from the same distribution;
-            they consume the random stream differently, so a seed gives different samples in each.
+            (lean where the model allows it, else generate). Both draw from the same distribution with
+            the same noise within a call; the lean sampler draws noise ahead, so the random stream after
+            a call differs and a seed gives different samples from the second call on.
+        temperature: > 0, the logits are divided by it; top_p: nucleus mass in (0, 1], 1 = full sampling.
+    Returns:
+        a :class:`RolloutBatch` of B*G rows (prompt-major), ``sampler_logp`` filled.
     Randomness comes from torch's global generator: seed it before calling.
 
     Raises:
@@ -244,6 +248,11 @@ class TransformersEngine:
                                  batch_size=self.batch_size, sampler=self.sampler)
 
     def sync_weights(self, policy) -> None:
+        """Nothing to push (the engine samples from ``policy`` itself).
+
+        Raises:
+            ValueError: ``policy`` is not the module this engine was built with.
+        """
         if policy is not self.model:
             raise ValueError("TransformersEngine samples from the module it was built with; pass that policy")
 
@@ -252,8 +261,9 @@ def make_engine(cfg, policy, tokenizer) -> RolloutEngine:
     """The rollout engine ``cfg.rollout_engine`` names, for ``policy``.
 
     Raises:
-        ValueError: an unknown engine name.
-        ImportError: ``rollout_engine="vllm"`` without vLLM installed (``pip install r1[vllm]``).
+        ValueError: an unknown engine name, or ``rollout_engine="vllm"`` without a CUDA GPU.
+        ImportError: ``rollout_engine="vllm"`` without vLLM installed (``pip install -e ".[vllm]"``).
+    ``load_config`` refuses both vLLM cases earlier, in one line, before a run starts.
     """
     if cfg.rollout_engine == "transformers":
         return TransformersEngine(policy, tokenizer, sampler=cfg.sampler)

@@ -57,7 +57,7 @@ import torch
 
 from r1.rollout.engine import RolloutBatch, completion_mask, eos_ids
 
-INSTALL_HINT = "rollout_engine=vllm needs vLLM: pip install 'r1[vllm]'"
+INSTALL_HINT = "rollout_engine=vllm needs vLLM: pip install -e '.[vllm]' (from the r1 repository)"
 PROMPT_TOKEN_BOUND = 2048  # prompt tokens max_model_len leaves room for, beside max_new_tokens
 PUSH_CHUNK_BYTES = 1 << 30  # weights handed to vLLM per load_weights call (bounds merged LoRA copies)
 MIN_TEMPERATURE = 1e-2  # vLLM raises lower temperatures to 0.01 (SamplingParams.__post_init__)
@@ -229,7 +229,7 @@ class VLLMEngine:
         ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (engine in this process, for the weight push).
 
         Raises:
-            ImportError: vLLM is not installed (``pip install 'r1[vllm]'``).
+            ImportError: vLLM is not installed (``pip install -e '.[vllm]'``).
             ValueError: no CUDA GPU is visible.
         """
         vllm = _import_vllm()
