@@ -207,7 +207,7 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
         rows = order[lo:hi]
         width = int(lengths[rows[0]])
         own = owner[rows]
-        h = last[own].unsqueeze(1)  # [n, 1, D] state predicting completion token 0
+        h = last.index_select(0, own).unsqueeze(1)  # [n, 1, D] state predicting completion token 0
         if width > 1:
             h = torch.cat([h, _completion_pass(w, completion_ids[rows, :width - 1], own, kv, p_mask, p_len)], 1)
         logits = w.head(h) / temperature  # [n, width, V]
@@ -219,7 +219,9 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
         ents.append(F.pad(ent, (0, L - width)))
     inverse = torch.argsort(order)
     mask = completion_mask.to(logps[0].dtype)
-    return torch.cat(logps)[inverse] * mask, torch.cat(ents)[inverse] * mask
+    # index_select, not x[idx]: its backward (index_add) sums in a fixed order; x[idx]'s (index_put with
+    # accumulate) does not on CPU, and bit-identical reruns of a seed need it
+    return torch.cat(logps).index_select(0, inverse) * mask, torch.cat(ents).index_select(0, inverse) * mask
 
 
 def _completion_pass(w: _Weights, ids: torch.Tensor, own: torch.Tensor, kv, p_mask, p_len) -> torch.Tensor:
@@ -235,8 +237,8 @@ def _completion_pass(w: _Weights, ids: torch.Tensor, own: torch.Tensor, kv, p_ma
     for i in range(len(w.layers)):
         q, k, v = w.qkv(i, x, cos, sin)
         pk, pv = kv[i]
-        k = torch.cat([pk[own], k], 2)
-        v = torch.cat([pv[own], v], 2)
+        k = torch.cat([pk.index_select(0, own), k], 2)
+        v = torch.cat([pv.index_select(0, own), v], 2)
         x = w.rest(i, x, w.attend(q, k, v, am))
     return x
 
