@@ -236,3 +236,29 @@ def test_sampler_lean_on_an_unsupported_checkpoint_is_refused_before_the_run(tmp
         load_config(None, [f"model_path={qwen}", "sampler=lean", "lora_r=4"])
     assert load_config(None, [f"model_path={qwen}", "sampler=lean"]).sampler == "lean"
     assert load_config(None, [f"model_path={ds}"]).sampler == "auto"
+
+
+def test_gradients_are_bit_identical_across_calls():
+    """The same batch twice (with other allocations in between), on 2 threads, gives bit-identical
+    gradients: a seed's rerun must reproduce the run. Advanced indexing (x[idx]) in the forward broke this
+    on CPU: its backward accumulates with a parallel index_put in a varying order (a rerun of the main job
+    diverged after ~80 steps). Sizes as the main job's policy, where the backward runs in parallel."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.set_num_threads(2)  # the fixture restores it
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=105, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                         num_key_value_heads=2, intermediate_size=384, tie_word_embeddings=True))
+    prompt = torch.randint(3, 105, (16, 23))
+    pids, pm = prompt.repeat_interleave(8, 0), torch.ones(128, 23, dtype=torch.long)
+    cids = torch.randint(3, 105, (128, 48))
+    lengths = torch.randint(1, 49, (128, 1))
+    cm = (torch.arange(48) < lengths).float()
+    grads, junk = [], []
+    for i in range(3):
+        junk.append(torch.empty(1000 + 7919 * i))  # move the heap between calls
+        model.zero_grad()
+        logp, _ = lean.token_logprobs(model, pids, pm, cids, cm)
+        (logp * cm).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for other in grads[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads[0], other))
