@@ -16,12 +16,7 @@ SMALL = ["entropy_coef=0.05", "rl_steps=2", "prompts_per_step=2", "group_size=2"
          "save_every=1", "samples_every=1", "log_every=1", "lr=1e-3"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gsm8k_files(tmp_path: Path) -> tuple[Path, Path]:

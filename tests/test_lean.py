@@ -13,12 +13,7 @@ from r1.rollout.engine import _bare_generation_config, completion_mask, generate
 FAMILIES = ["llama3", "qwen2", "qwen3"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model_for(family, seed=0, peaky=1.0, dtype=torch.float32):

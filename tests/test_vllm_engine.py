@@ -34,12 +34,7 @@ IM_START, IM_END, ENDOFTEXT = 385, 386, 384  # tiny qwen2 tokenizer: <|im_start|
 T4, T2, TX, TEQ, T1 = 19, 17, 87, 28, 16  # "4", "2", "x", "=", "1"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
