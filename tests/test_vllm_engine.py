@@ -384,15 +384,20 @@ def test_sync_weights_in_chunks(tiny, monkeypatch):
     assert [n for n, _ in engine.llm.model.received] == names and mod.log[-1] == ("reset",)
 
 
+def randomize_lora_b(model, std: float) -> None:
+    """LoRA B matrices start at zero (the adapters change nothing); give them seeded N(0, std) values."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, std)
+
+
 def test_sync_weights_lora_merges_into_a_copy(tmp_path, monkeypatch):
     path = save_tiny("qwen2", tmp_path / "ckpt", seed=0, hidden_size=32)
     base, tok = load_policy(path, device="cpu")
     policy, _ = load_policy(path, lora=LoraSpec(r=4, alpha=8.0), device="cpu")
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for n, p in policy.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
+    randomize_lora_b(policy, 0.1)
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
     names = [n for n, _ in base.named_parameters()]
     mod = fake_vllm(names=names)
@@ -531,11 +536,7 @@ def test_real_vllm_follows_synced_weights(gpu):
 def test_real_vllm_lora_policy(gpu):
     path, policy, tok, engine, prompts = gpu
     lora, _ = load_policy(path, lora=LoraSpec(r=4, alpha=8.0), device="cuda")
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for n, p in lora.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
+    randomize_lora_b(lora, 0.5)
     engine.sync_weights(lora)
     torch.manual_seed(0)
     batch = engine.generate(prompts, G, MAX_NEW, temperature=1.0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,7 +319,6 @@ def save_checkpoint(path: Path, policy, tokenizer, optimizer, step: int, referen
     """``save_pretrained`` (safetensors) + tokenizer + ``trainer_state.pt`` (optimizer, step and,
     when given, the reference model's weights: a refreshed reference is not the base)."""
     tmp = path.with_name(path.name + ".tmp")
-    import shutil
     shutil.rmtree(tmp, ignore_errors=True)  # what a kill during an earlier save left
     save_policy(policy, tokenizer, tmp)  # LoRA: the adapters, with the base's absolute path
     state = {"step": step, "optimizer": optimizer.state_dict()}
