@@ -3,6 +3,7 @@
     .venv/bin/pip install "trl==1.16.0"          # benchmark-only (pip install -e ".[bench]"); never a runtime dependency
     .venv/bin/python benchmarks/grpo_step.py                      # the table: {1M, 10M} x {beta 0.04, 0} x {G 8, 16}
     .venv/bin/python benchmarks/grpo_step.py --configs 1M:0.04:8 --steps 12 --out /tmp/t.md
+    .venv/bin/python benchmarks/grpo_step.py --precision bf16 --out docs/img/grpo-step-bf16.md   # both in bf16 mixed precision
 
 Same work for both engines (each config, each engine in its own fresh subprocess, so peak RSS is its own):
 the same Qwen2 weights (built from a config with a fixed seed, saved once, loaded by both), r1's character
@@ -11,7 +12,10 @@ trainer draws them), 8 prompts x G completions per step sampled at temperature 1
 (full sampling, no greedy shortcut), at most 64 new tokens, the same reward (exact-product accuracy +
 format), beta (a reference forward when beta > 0), learning rate 1e-5 constant, clip 0.2, token-mean loss
 (TRL's default ``loss_type="dapo"``; r1 ``loss_aggregation=token_mean``), one optimizer step over all
-completions per rollout batch (TRL ``steps_per_generation=1``, ``num_iterations=1``). fp32, 2 threads.
+completions per rollout batch (TRL ``steps_per_generation=1``, ``num_iterations=1``). 2 threads. TRL runs with
+its own defaults otherwise, gradient checkpointing included (``--trl-set gradient_checkpointing=false`` turns
+it off). ``--precision``: fp32 for both (the default), or bf16 mixed precision for both: TRL ``bf16=True``
+(its default; ``torch.autocast`` around the forward passes), r1 ``mixed_precision=bf16``.
 
 Reported per engine (median over ``--steps`` steps after ``--warmup``): seconds per step, and inside it
 generate / reward / update seconds (TRL: its ``_generate`` and ``_calculate_rewards`` timed by wrapping,
@@ -109,7 +113,8 @@ def run_r1(model_dir: Path, beta: float, G: int, steps: int, overrides: list[str
     return rows
 
 
-def run_trl(model_dir: Path, beta: float, G: int, steps: int) -> list[dict]:
+def run_trl(model_dir: Path, beta: float, G: int, steps: int, precision: str = "fp32",
+            overrides: list[str] = ()) -> list[dict]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
@@ -131,9 +136,10 @@ def run_trl(model_dir: Path, beta: float, G: int, steps: int) -> list[dict]:
                       num_generations=G, max_completion_length=MAX_NEW, temperature=1.0, top_p=1.0, top_k=0,
                       beta=beta, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, epsilon=0.2,
                       loss_type="dapo", num_iterations=1, steps_per_generation=1, max_steps=steps,
-                      shuffle_dataset=False, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+                      shuffle_dataset=False, use_cpu=True, bf16=precision == "bf16", report_to="none", save_strategy="no",
                       logging_steps=1, seed=SEED, disable_tqdm=True, max_grad_norm=1.0,
-                      adam_beta1=0.9, adam_beta2=0.99, weight_decay=0.0)
+                      adam_beta1=0.9, adam_beta2=0.99, weight_decay=0.0,
+                      **{k: json.loads(v) for k, v in (kv.split("=", 1) for kv in overrides)})
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok)
     timers = {"generate_s": 0.0, "reward_s": 0.0, "completion_tokens": 0, "prompt_tokens": 0}
@@ -179,11 +185,15 @@ def run_trl(model_dir: Path, beta: float, G: int, steps: int) -> list[dict]:
 # ------------------------------------------------------------------------------------------- driver
 
 
-def one(engine: str, size: str, beta: float, G: int, steps: int, model_dir: Path, overrides: list[str]) -> dict:
+def one(engine: str, size: str, beta: float, G: int, steps: int, model_dir: Path, overrides: list[str],
+        precision: str = "fp32", trl_overrides: list[str] = ()) -> dict:
     """Run one engine on one config in this process; return the per-step rows and the peak RSS."""
     import torch
     torch.set_num_threads(2)
-    rows = run_r1(model_dir, beta, G, steps, overrides) if engine == "r1" else run_trl(model_dir, beta, G, steps)
+    if engine == "r1":
+        rows = run_r1(model_dir, beta, G, steps, [f"mixed_precision={'bf16' if precision == 'bf16' else 'no'}", *overrides])
+    else:
+        rows = run_trl(model_dir, beta, G, steps, precision, trl_overrides)
     return {"rows": rows, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -227,11 +237,16 @@ def main() -> int:
     ap.add_argument("--out", help="also write the table (Markdown) and the raw rows (.json beside it) here")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="r1 config override for the r1 engine (ablations: sampler=generate, fast_logprobs=false)")
+    ap.add_argument("--trl-set", action="append", default=[], metavar="KEY=JSON",
+                    help="GRPOConfig override for the TRL engine, e.g. gradient_checkpointing=false (TRL's default: true)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="both engines: fp32, or bf16 mixed precision (TRL bf16=True, its default; r1 precision=bf16)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: ENGINE:SIZE:BETA:G:MODEL_DIR -> JSON on stdout
     args = ap.parse_args()
     if args.one:
         engine, size, beta, G, model_dir = args.one.split(":", 4)
-        print(json.dumps(one(engine, size, float(beta), int(G), args.steps + args.warmup, Path(model_dir), args.set)))
+        print(json.dumps(one(engine, size, float(beta), int(G), args.steps + args.warmup, Path(model_dir), args.set,
+                             args.precision, args.trl_set)))
         return 0
     results, raw = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -242,7 +257,8 @@ def main() -> int:
                 models[size] = build_model(size, Path(tmp) / size)
             for engine in args.engines.split(","):
                 cmd = [sys.executable, __file__, "--one", f"{engine}:{size}:{beta}:{G}:{models[size]}",
-                       "--steps", str(args.steps), "--warmup", str(args.warmup), *[f"--set={kv}" for kv in args.set]]
+                       "--steps", str(args.steps), "--warmup", str(args.warmup), "--precision", args.precision,
+                       *[f"--set={kv}" for kv in args.set], *[f"--trl-set={kv}" for kv in args.trl_set]]
                 t0 = time.time()
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
                 if proc.returncode:

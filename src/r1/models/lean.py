@@ -11,7 +11,9 @@ sees the current policy), without what a GRPO step on a small model pays for and
   its own longest row; the last completion token (usually EOS) is predicted, never fed;
 * **a sampler that stops computing finished rows**: the KV cache is compacted when a quarter of the
   rows are done, instead of running every row to the longest one;
-* fused q/k/v and gate/up projections, one ``rms_norm`` kernel, explicit grouped-query attention.
+* fused q/k/v and gate/up projections, one ``rms_norm`` kernel, explicit grouped-query attention;
+* optional bf16 mixed precision (``dtype=torch.bfloat16`` on float32 weights): the weights cast once
+  per call rather than at every matmul as ``torch.autocast`` does, so a 64-step decode casts them once.
 
 Supported: ``LlamaForCausalLM``, ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM`` (q/k norms) with full
 attention, SiLU MLP, any rotary scaling transformers implements (``model.model.rotary_emb`` computes the
@@ -62,9 +64,16 @@ def unsupported(model, training: bool = False) -> str | None:
 
 
 class _Weights:
-    """Per-layer weights, q/k/v and gate/up concatenated (with grad when the model has it)."""
+    """Per-layer weights, q/k/v and gate/up concatenated (with grad when the model has it).
 
-    def __init__(self, model):
+    ``dtype``: the compute dtype of the matmuls and attention (None = the weights' own). When it differs
+    from the weights' (bf16 compute on float32 weights: mixed precision), the matrices are cast once per
+    call (differentiably: their gradients reach the float32 weights in float32), the residual stream,
+    RMSNorm, softmax and logits stay in float32, and each matmul's input is cast to ``dtype``
+    (the numerics of ``torch.autocast``, without re-casting a weight at every decode step).
+    """
+
+    def __init__(self, model, dtype: torch.dtype | None = None):
         self.model = model
         self.decoder = model.model
         c = model.config
@@ -72,29 +81,39 @@ class _Weights:
         self.H, self.KH = c.num_attention_heads, c.num_key_value_heads
         self.hd, self.scaling = attn.head_dim, attn.scaling
         self.eps = c.rms_norm_eps
+        wdtype = self.decoder.embed_tokens.weight.dtype
+        self.cd = dtype or wdtype
+        self.mixed = self.cd != wdtype
+        cast = (lambda t: None if t is None else t.to(self.cd)) if self.mixed else (lambda t: t)
         self.layers = []
         for layer in self.decoder.layers:
             a, m = layer.self_attn, layer.mlp
             biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
             self.layers.append(dict(
                 ln1=layer.input_layernorm.weight, ln2=layer.post_attention_layernorm.weight,
-                wqkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
-                bqkv=None if biases[0] is None else torch.cat(biases),
-                wo=a.o_proj.weight, bo=a.o_proj.bias,
+                wqkv=cast(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),
+                bqkv=None if biases[0] is None else cast(torch.cat(biases)),
+                wo=cast(a.o_proj.weight), bo=cast(a.o_proj.bias),
                 qn=getattr(a, "q_norm", None), kn=getattr(a, "k_norm", None),
-                wgu=torch.cat([m.gate_proj.weight, m.up_proj.weight]), wd=m.down_proj.weight))
+                wgu=cast(torch.cat([m.gate_proj.weight, m.up_proj.weight])), wd=cast(m.down_proj.weight)))
+        head = model.get_output_embeddings()
+        self.head_w, self.head_b = cast(head.weight), cast(head.bias)
 
     def norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """RMSNorm as transformers computes it (in float32, weight applied in the input dtype)."""
+        """RMSNorm as transformers computes it (in float32, weight applied in the input dtype), returned
+        in the compute dtype (the next matmul's input)."""
         if x.dtype == torch.float32:
-            return F.rms_norm(x, (x.shape[-1],), w, self.eps)
+            h = F.rms_norm(x, (x.shape[-1],), w, self.eps)
+            return h.to(self.cd) if self.mixed else h
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return w * xf.to(x.dtype)
 
     def rope(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [n, 1, q, hd] for position_ids [n, q] (the model's own rotary module)."""
+        """cos, sin [n, 1, q, hd] in the compute dtype for position_ids [n, q] (the model's own rotary module)."""
         cos, sin = self.decoder.rotary_emb(x, position_ids)
+        if self.mixed:
+            cos, sin = cos.to(self.cd), sin.to(self.cd)
         return cos.unsqueeze(1), sin.unsqueeze(1)
 
     def qkv(self, i: int, x: torch.Tensor, cos, sin):
@@ -106,14 +125,21 @@ class _Weights:
         q, k, v = qkv.split([self.H, self.KH, self.KH], 1)
         if w["qn"] is not None:  # Qwen3: RMSNorm over each head before the rotary embedding
             q, k = w["qn"](q), w["kn"](k)
+            if self.mixed:  # the module returns float32 for a bf16 input and float32 weights
+                q, k = q.to(self.cd), k.to(self.cd)
         half = self.hd // 2
         qk = torch.cat([q, k], 1)
         rot = torch.cat([-qk[..., half:], qk[..., :half]], -1)
         qk = qk * cos + rot * sin
         return qk[:, :self.H], qk[:, self.H:], v
 
-    def attend(self, q, k, v, mask) -> torch.Tensor:
-        """q [n, H, q, hd], k/v [n, KH, T, hd], mask [n, 1, q|1, T] bool (True = attend) -> [n, q, H*hd].
+    def bias(self, mask: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Additive attention bias in ``dtype`` (None = the compute dtype) from a bool mask (True = attend): 0 / -inf."""
+        return torch.zeros(mask.shape, dtype=dtype or self.cd, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+    def attend(self, q, k, v, bias) -> torch.Tensor:
+        """q [n, H, q, hd], k/v [n, KH, T, hd], bias [n, 1, q|1, T] (:meth:`bias`: 0 = attend, -inf = masked)
+        -> [n, q, H*hd].
 
         Grouped-query attention as explicit matmuls on [n, KH, rep*q, hd] (no copy of k/v per query
         head); on CPU this is ~2x faster than scaled_dot_product_attention with a mask at these sizes,
@@ -122,14 +148,19 @@ class _Weights:
         rep = self.H // self.KH
         qg = q.reshape(n, self.KH, rep * q_len, self.hd)
         scores = torch.matmul(qg, k.transpose(-1, -2)) * self.scaling  # [n, KH, rep*q, T]
-        scores = scores.view(n, self.KH, rep, q_len, -1).masked_fill(~mask.unsqueeze(1), float("-inf"))
+        scores = scores.view(n, self.KH, rep, q_len, -1) + bias.unsqueeze(1)
         probs = torch.softmax(scores.float(), -1).to(q.dtype).view(n, self.KH, rep * q_len, -1)
         o = torch.matmul(probs, v).view(n, self.H, q_len, self.hd)  # [n, H, q, hd]
         return o.transpose(1, 2).reshape(n, q_len, self.H * self.hd)
 
     def rest(self, i: int, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-        """Output projection, residual, MLP, residual (each residual add fused into its matmul)."""
+        """Output projection, residual, MLP, residual (each residual add fused into its matmul; mixed
+        precision: the compute-dtype outputs added to the float32 residual stream)."""
         w = self.layers[i]
+        if self.mixed:
+            x = x + F.linear(attn_out.to(self.cd), w["wo"], w["bo"])
+            g, u = F.linear(self.norm(x, w["ln2"]), w["wgu"]).chunk(2, -1)
+            return x + F.linear(F.silu(g) * u, w["wd"])
         shape = x.shape
         x = torch.addmm(x.reshape(-1, shape[-1]), attn_out.reshape(-1, attn_out.shape[-1]), w["wo"].t())
         if w["bo"] is not None:
@@ -139,8 +170,7 @@ class _Weights:
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm and output head: [..., D] -> float32 logits [..., V]."""
-        head = self.model.get_output_embeddings()
-        return F.linear(self.norm(x, self.decoder.norm.weight), head.weight, head.bias).float()
+        return F.linear(self.norm(x, self.decoder.norm.weight), self.head_w, self.head_b).float()
 
 
 def _prompt_pass(w: _Weights, ids: torch.Tensor, mask: torch.Tensor):
@@ -152,7 +182,7 @@ def _prompt_pass(w: _Weights, ids: torch.Tensor, mask: torch.Tensor):
     cos, sin = w.rope(x, pos)
     causal = torch.ones(P, P, dtype=torch.bool, device=ids.device).tril()
     am = causal & mask.bool()[:, None, None, :]  # [U, 1, P, P]
-    am = am | torch.eye(P, dtype=torch.bool, device=ids.device)  # padded queries attend to themselves (no NaN)
+    am = w.bias(am | torch.eye(P, dtype=torch.bool, device=ids.device))  # padded queries attend to themselves (no NaN)
     kv = []
     for i in range(len(w.layers)):
         q, k, v = w.qkv(i, x, cos, sin)
@@ -163,7 +193,7 @@ def _prompt_pass(w: _Weights, ids: torch.Tensor, mask: torch.Tensor):
 
 def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
                    completion_mask: torch.Tensor, temperature: float = 1.0, entropy_grad: bool = False,
-                   buckets: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+                   buckets: int = 4, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities and entropies of the completion tokens, as ``r1.rl.logprobs.token_logprobs``
     computes them, with each distinct prompt run once and no compute on completion padding.
 
@@ -177,6 +207,8 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
         temperature: logits are divided by it before the softmax.
         entropy_grad: keep the entropy in the autograd graph.
         buckets: at most this many length buckets (:func:`_buckets` picks how many pay off).
+        dtype: compute dtype of the matmuls (None = the weights'; ``torch.bfloat16`` on float32 weights =
+            bf16 mixed precision, see :class:`_Weights`).
     Returns:
         logp [N, L] and entropy [N, L] in nats, 0 on completion padding (with grad if the model has it).
     Raises:
@@ -185,7 +217,7 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
     reason = unsupported(model, training=torch.is_grad_enabled())
     if reason:
         raise ValueError(f"lean log-probabilities: {reason}")
-    w = _Weights(model)
+    w = _Weights(model, dtype)
     N, L = completion_ids.shape
     dev = completion_ids.device
     same = torch.zeros(N, dtype=torch.bool, device=dev)
@@ -232,8 +264,8 @@ def _completion_pass(w: _Weights, ids: torch.Tensor, own: torch.Tensor, kv, p_ma
     x = w.decoder.embed_tokens(ids)
     cos, sin = w.rope(x, pos)
     P = p_mask.shape[1]
-    am = torch.cat([p_mask.bool()[own][:, None, None, :].expand(n, 1, W, P),
-                    torch.ones(W, W, dtype=torch.bool, device=dev).tril().expand(n, 1, W, W)], -1)  # [n, 1, W, P+W]
+    am = w.bias(torch.cat([p_mask.bool()[own][:, None, None, :].expand(n, 1, W, P),
+                           torch.ones(W, W, dtype=torch.bool, device=dev).tril().expand(n, 1, W, W)], -1))  # [n, 1, W, P+W]
     for i in range(len(w.layers)):
         q, k, v = w.qkv(i, x, cos, sin)
         pk, pv = kv[i]
@@ -262,7 +294,7 @@ def _buckets(sorted_desc: list[int], most: int) -> list[tuple[int, int]]:
 @torch.no_grad()
 def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_samples: int, max_new_tokens: int,
            temperature: float = 1.0, top_p: float = 1.0, stop_ids: list[int] = (), pad_id: int = 0,
-           greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+           greedy: bool = False, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample ``num_samples`` completions per prompt with a KV cache, computing only unfinished rows.
 
     Each distinct prompt is prefilled once and its cache copied to its G rows. At every step the
@@ -284,6 +316,10 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
         stop_ids: token ids that end a row (kept in the output, like EOS).
         pad_id: written after a row's stop token.
         greedy: argmax decoding (for tests against ``generate(do_sample=False)``).
+        dtype: compute dtype (None = the weights'; ``torch.bfloat16`` on float32 weights = bf16 mixed
+            precision: the weights cast once per call, the projections and MLP in bf16; on CPU the KV
+            cache and the decode step's attention stay float32, faster there than bf16 batched matmuls
+            on the cache's strided slices).
     Raises:
         ValueError: a model :func:`unsupported` names a reason for.
     Returns:
@@ -294,7 +330,7 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
     reason = unsupported(model)
     if reason:
         raise ValueError(f"lean sampler: {reason}")
-    w = _Weights(model)
+    w = _Weights(model, dtype)
     B, P = prompt_ids.shape
     dev = prompt_ids.device
     G, L = num_samples, max_new_tokens
@@ -302,13 +338,20 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
     rows = torch.arange(B * G, device=dev)  # original row of each live cache row
     expand = torch.arange(B, device=dev).repeat_interleave(G)
     cache = []
+    # mixed precision on CPU: the cache and the decode step's attention stay float32 (bf16 batched matmuls
+    # on the cache's strided slices copy them to contiguous bf16 at every step: slower than float32 here)
+    cache_dtype = torch.float32 if w.mixed and dev.type == "cpu" else kv[0][0].dtype
     for k, v in kv:
-        kc = k.new_zeros(B * G, w.KH, P + L, w.hd)
-        vc = v.new_zeros(B * G, w.KH, P + L, w.hd)
+        kc = k.new_zeros(B * G, w.KH, P + L, w.hd, dtype=cache_dtype)
+        vc = v.new_zeros(B * G, w.KH, P + L, w.hd, dtype=cache_dtype)
         kc[:, :, :P], vc[:, :, :P] = k[expand], v[expand]
         cache.append((kc, vc))
     keymask = torch.zeros(B * G, 1, 1, P + L, dtype=torch.bool, device=dev)
     keymask[:, 0, 0, :P] = prompt_mask.bool()[expand]
+    keymask = w.bias(keymask, cache_dtype)  # additive: 0 = attend, -inf = not (yet)
+    # cos/sin of every position a row can reach, computed once (the rotary module's values, looked up per step)
+    positions = torch.arange(int(p_pos.max()) + L + 1, device=dev).unsqueeze(0)
+    rot_table = torch.stack(w.rope(last.new_zeros(1, 1, 1), positions), 0)[:, 0, 0]  # [2, positions, hd]
     pos = p_pos[expand, -1:] + 1  # [n, 1] position of the next token
     logits = w.head(last)[expand]  # [n, V]
     out = torch.full((B * G, L), pad_id, dtype=torch.long, device=dev)
@@ -342,21 +385,28 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
             rows, tok, pos, live = rows[keep], tok[keep], pos[keep], live[keep]
             keymask = keymask[keep]
             cache = [(kc[keep], vc[keep]) for kc, vc in cache]
-        keymask[:, 0, 0, P + t] = True
-        logits = _decode_step(w, tok, pos, cache, keymask[..., :P + t + 1], P + t)
+        keymask[:, 0, 0, P + t] = 0.0
+        seen = P + t + 1  # cache columns attended; a bf16 cache: rounded up to 16 (masked beyond P + t) so the
+        # attention's matmul shapes repeat (oneDNN builds and keeps a kernel per bf16 shape)
+        if cache_dtype != torch.float32:
+            seen = min(P + L, -(-seen // 16) * 16)
+        logits = _decode_step(w, tok, rot_table[:, pos], cache, keymask[..., :seen], P + t)
         pos = pos + 1
     return out[:, :steps], out_logp[:, :steps]
 
 
-def _decode_step(w: _Weights, tok: torch.Tensor, pos: torch.Tensor, cache, keymask, at: int) -> torch.Tensor:
-    """One token per row: tok [n], pos [n, 1]; writes keys/values at cache column ``at``; logits [n, V]."""
+def _decode_step(w: _Weights, tok: torch.Tensor, rot: torch.Tensor, cache, keybias, at: int) -> torch.Tensor:
+    """One token per row: tok [n], rot [2, n, 1, hd] (its position's cos, sin); writes keys/values at cache
+    column ``at`` and attends to the first ``keybias.shape[-1]`` (> ``at``) columns by the additive
+    ``keybias`` [n, 1, 1, T] (0 = attend, -inf = not); logits [n, V]."""
     x = w.decoder.embed_tokens(tok.unsqueeze(1))  # [n, 1, D]
-    cos, sin = w.rope(x, pos)
+    cos, sin = rot[0].unsqueeze(1), rot[1].unsqueeze(1)
     for i, (kc, vc) in enumerate(cache):
         q, k, v = w.qkv(i, x, cos, sin)
         kc[:, :, at:at + 1] = k
         vc[:, :, at:at + 1] = v
-        x = w.rest(i, x, w.attend(q, kc[:, :, :at + 1], vc[:, :, :at + 1], keymask))
+        seen = keybias.shape[-1]
+        x = w.rest(i, x, w.attend(q.to(kc.dtype), kc[:, :, :seen], vc[:, :, :seen], keybias))
     return w.head(x[:, 0])
 
 

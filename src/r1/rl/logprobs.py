@@ -9,7 +9,7 @@ from torch.utils.checkpoint import checkpoint
 def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
                    completion_mask: torch.Tensor, temperature: float = 1.0,
                    entropy_grad: bool = False, chunk_size: int | None = None,
-                   lean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   lean: bool = False, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities and entropies of the completion tokens, at the sampling temperature.
 
     Position ids follow the attention mask, as ``generate`` assigns them to
@@ -30,6 +30,8 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
         lean: use :func:`r1.models.lean.token_logprobs` (each distinct prompt once, no compute on
             completion padding; same values within float rounding) when the model family allows it
             and no ``chunk_size`` is set; otherwise this function's transformers forward.
+        dtype: compute dtype; ``torch.bfloat16`` on a float32 model = bf16 mixed precision (the lean
+            forward's own casts, or ``torch.autocast`` around the transformers forward); None = the model's.
     Returns:
         logp [N, L] (with grad if the model has it) and entropy [N, L] (detached unless
         ``entropy_grad``), in nats. The lean path returns 0 on completion padding.
@@ -38,7 +40,22 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
         from r1.models import lean as lean_forward
         if lean_forward.unsupported(model, training=torch.is_grad_enabled()) is None:
             return lean_forward.token_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                               temperature, entropy_grad)
+                                               temperature, entropy_grad, dtype=dtype)
+    with autocast(model, dtype):
+        return _transformers_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
+                                      entropy_grad, chunk_size)
+
+
+def autocast(model, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on the model's device when ``dtype`` is set and differs from the
+    model's weights (mixed precision); otherwise a context that changes nothing."""
+    param = next(model.parameters())
+    return torch.autocast(param.device.type, dtype=dtype, enabled=dtype is not None and dtype != param.dtype)
+
+
+def _transformers_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
+                           entropy_grad, chunk_size):
+    """:func:`token_logprobs` by the model's own forward (padded rows, prompt recomputed per row)."""
     input_ids = torch.cat([prompt_ids, completion_ids], 1)  # [N, P+L]
     attention = torch.cat([prompt_mask, completion_mask.long()], 1)  # [N, P+L]
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
@@ -92,12 +109,13 @@ def _decoder(model):
 
 def reference_logprobs(policy, reference, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                        completion_ids: torch.Tensor, completion_mask: torch.Tensor, temperature: float = 1.0,
-                       chunk_size: int | None = None, lean: bool = False) -> torch.Tensor:
+                       chunk_size: int | None = None, lean: bool = False,
+                       dtype: torch.dtype | None = None) -> torch.Tensor:
     """[N, L] log-probabilities of the completions under the reference model, without gradients.
 
     ``reference=None`` with a LoRA (peft) policy: the reference is the policy's own base weights,
     its adapters switched off for this forward (``PeftModel.disable_adapter``) and in eval mode,
-    so no second copy of the model is held. ``lean``: as in :func:`token_logprobs`.
+    so no second copy of the model is held. ``lean``, ``dtype``: as in :func:`token_logprobs`.
 
     Raises:
         ValueError: ``reference`` is None and the policy has no adapters to disable.
@@ -105,7 +123,7 @@ def reference_logprobs(policy, reference, prompt_ids: torch.Tensor, prompt_mask:
     args = (prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)
     with torch.no_grad():
         if reference is not None:
-            return token_logprobs(reference, *args, chunk_size=chunk_size, lean=lean)[0]
+            return token_logprobs(reference, *args, chunk_size=chunk_size, lean=lean, dtype=dtype)[0]
         if not hasattr(policy, "disable_adapter"):
             raise ValueError("reference=None needs a LoRA (peft) policy whose adapters can be disabled; "
                              "pass a reference model")
@@ -113,6 +131,6 @@ def reference_logprobs(policy, reference, prompt_ids: torch.Tensor, prompt_mask:
         policy.eval()
         try:
             with policy.disable_adapter():
-                return token_logprobs(policy, *args, chunk_size=chunk_size)[0]
+                return token_logprobs(policy, *args, chunk_size=chunk_size, dtype=dtype)[0]
         finally:
             policy.train(was_training)

@@ -28,7 +28,7 @@ from r1.rewards.format import format_reward
 from r1.rewards.length import soft_overlong_penalty
 from r1.rl.grpo import group_advantages, grpo_loss
 from r1.rl.logprobs import reference_logprobs, token_logprobs
-from r1.rollout.engine import RolloutBatch, TransformersEngine, concat_rollouts
+from r1.rollout.engine import RolloutBatch, TransformersEngine, compute_dtype, concat_rollouts
 
 
 @dataclass
@@ -95,11 +95,12 @@ def micro_batches(batch: RolloutBatch, group_size: int, budget: int) -> list[lis
 UPDATE_ACTIVATION_MB = 256  # CPU: activations a micro-batch may hold, estimated (update_micro_batch_tokens=0)
 
 
-def auto_micro_batch_tokens(model) -> int:
+def auto_micro_batch_tokens(model, dtype: torch.dtype | None = None) -> int:
     """Tokens per micro-batch holding about ``UPDATE_ACTIVATION_MB`` of activations on CPU, from the
     model's depth and widths: ~(12 hidden + 5 intermediate) values saved per token and layer, plus ~40 KB
     per token whatever the size (logits, masks, bucket padding, allocator slack); fitted to the peak RSS
     of the lean update measured on this machine (Qwen2 4 x 128: ~90 KB per token; 8 x 320: ~320 KB, fp32).
+    ``dtype``: the compute dtype (bf16 mixed precision: the saved values are mostly bf16), None = the weights'.
     0 (whole batch) on a GPU, where the recipes bound memory with ``logprob_chunk_size`` and gradient
     checkpointing."""
     param = next(model.parameters())
@@ -109,7 +110,8 @@ def auto_micro_batch_tokens(model) -> int:
     if c is None or not hasattr(c, "hidden_size"):
         return 0
     values = c.num_hidden_layers * (12 * c.hidden_size + 5 * getattr(c, "intermediate_size", 4 * c.hidden_size))
-    per_token = values * param.element_size() + 40 * 1024  # bytes
+    size = torch.empty((), dtype=dtype).element_size() if dtype is not None else param.element_size()
+    per_token = values * size + 40 * 1024  # bytes
     return max(256, int(UPDATE_ACTIVATION_MB * 2**20 / per_token))
 
 
@@ -137,22 +139,23 @@ def policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages:
     """
     chunk = cfg.logprob_chunk_size
     lean = getattr(cfg, "fast_logprobs", False)
+    dtype = compute_dtype(cfg)
     loss_mask = batch.completion_mask  # [N, L]
     if cfg.overlong == "mask":  # DAPO overlong filtering: truncated completions teach nothing
         loss_mask = loss_mask * (~batch.truncated).float().unsqueeze(-1)
     parts = []
     total_tokens, total_rows = loss_mask.sum().clamp(min=1.0), loss_mask.shape[0]
-    budget = getattr(cfg, "update_micro_batch_tokens", 0) or auto_micro_batch_tokens(policy)
+    budget = getattr(cfg, "update_micro_batch_tokens", 0) or auto_micro_batch_tokens(policy, dtype)
     for rows in micro_batches(batch, cfg.group_size, budget):
         mb = _trimmed(batch, rows)
         lm = loss_mask[rows][:, :mb.completion_ids.shape[1]]
         args = (mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask, cfg.temperature)
         ref_logp = old_logp = None
         if cfg.beta > 0:  # no reference forward at all when beta = 0
-            ref_logp = reference_logprobs(policy, reference, *args, chunk_size=chunk, lean=lean)
+            ref_logp = reference_logprobs(policy, reference, *args, chunk_size=chunk, lean=lean, dtype=dtype)
         if cfg.num_iterations > 1:  # computed once per rollout batch (GRPO Algorithm 1, DeepSeekMath)
             with torch.no_grad():
-                old_logp, _ = token_logprobs(policy, *args, chunk_size=chunk, lean=lean)
+                old_logp, _ = token_logprobs(policy, *args, chunk_size=chunk, lean=lean, dtype=dtype)
         weight = lm.sum() / total_tokens if cfg.loss_aggregation == "token_mean" else len(rows) / total_rows
         parts.append((mb, args, lm, ref_logp, old_logp, advantages[rows], float(weight),
                       mb.completion_mask.sum().item()))
@@ -163,7 +166,7 @@ def policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages:
         acc, loss_total, ent_sum = {}, 0.0, 0.0
         for mb, args, lm, ref_logp, old_logp, adv, weight, tokens in parts:
             logp, entropy = token_logprobs(policy, *args, entropy_grad=cfg.entropy_coef > 0, chunk_size=chunk,
-                                           lean=lean)
+                                           lean=lean, dtype=dtype)
             if it == 0 and mb.sampler_logp is not None:  # trainer vs sampler: ~1e-6 unless something is off
                 dev = ((logp.detach() - mb.sampler_logp).exp() - 1).abs() * mb.completion_mask
                 sampler_dev = max(sampler_dev or 0.0, dev.max().item())
@@ -255,7 +258,8 @@ def rl_step(step: int, policy, reference, optimizer, tokenizer, task, heldout: s
     G, B = cfg.group_size, cfg.prompts_per_step
     kept, gen_s, rew_s, drawn = [], 0.0, 0.0, 0
     rounds = cfg.dynamic_sampling_max_rounds if cfg.dynamic_sampling else 1
-    engine = engine or TransformersEngine(policy, tokenizer, sampler=getattr(cfg, "sampler", "auto"))
+    engine = engine or TransformersEngine(policy, tokenizer, sampler=getattr(cfg, "sampler", "auto"),
+                                          dtype=compute_dtype(cfg))
     for _ in range(rounds):
         prompts, answers, batch, scores, (g_s, r_s) = _rollout_round(rng, engine, tokenizer, task, heldout, cfg)
         gen_s, rew_s, drawn = gen_s + g_s, rew_s + r_s, drawn + B

@@ -134,7 +134,8 @@ def _bare_generation_config(model):
 @torch.no_grad()
 def generate_rollouts(model, tokenizer, prompts: list[str], num_samples: int, max_new_tokens: int,
                       temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 512,
-                      eos_token_id: int | Sequence[int] | None = None, sampler: str = "auto") -> RolloutBatch:
+                      eos_token_id: int | Sequence[int] | None = None, sampler: str = "auto",
+                      dtype: torch.dtype | None = None) -> RolloutBatch:
     """Sample ``num_samples`` completions for each prompt (full sampling, no top-k).
 
     Args:
@@ -152,6 +153,8 @@ def generate_rollouts(model, tokenizer, prompts: list[str], num_samples: int, ma
             the same noise within a call; the lean sampler draws noise ahead, so the random stream after
             a call differs and a seed gives different samples from the second call on.
         temperature: > 0, the logits are divided by it; top_p: nucleus mass in (0, 1], 1 = full sampling.
+        dtype: compute dtype; ``torch.bfloat16`` on a float32 model = bf16 mixed precision (the lean
+            sampler casts the weights once per call; ``generate`` runs under ``torch.autocast``); None = the model's.
     Returns:
         a :class:`RolloutBatch` of B*G rows (prompt-major), ``sampler_logp`` filled.
     Randomness comes from torch's global generator: seed it before calling.
@@ -180,14 +183,15 @@ def generate_rollouts(model, tokenizer, prompts: list[str], num_samples: int, ma
         ids_u, mask_u = enc.input_ids.to(device), enc.attention_mask.to(device)
         for start in range(0, len(prompts), per_call):
             ids, logp = lean.sample(model, ids_u[start:start + per_call], mask_u[start:start + per_call], num_samples,
-                                    max_new_tokens, temperature, top_p, stop_ids=stop, pad_id=pad_id)
+                                    max_new_tokens, temperature, top_p, stop_ids=stop, pad_id=pad_id, dtype=dtype)
             chunks.append(ids)
             chunk_logp.append(logp)
     else:
         gen_cfg = GenerationConfig(
             do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
             pad_token_id=pad_id, eos_token_id=stop, bos_token_id=None)
-        with _bare_generation_config(model):
+        from r1.rl.logprobs import autocast
+        with _bare_generation_config(model), autocast(model, dtype):
             for start in range(0, len(prompt_ids), batch_size):
                 recorder = _SamplerLogp(temperature)
                 out = model.generate(input_ids=prompt_ids[start:start + batch_size],
@@ -233,19 +237,22 @@ class TransformersEngine:
     """Rollouts from the policy module itself (CPU or GPU): :func:`generate_rollouts`.
 
     ``sampler``: "lean" (r1's KV-cache sampler, :mod:`r1.models.lean`), "generate" (transformers'
-    ``generate``) or "auto" (lean where the model family allows it). ``sync_weights`` has nothing to do:
-    the engine samples from the very module the optimizer updates.
+    ``generate``) or "auto" (lean where the model family allows it). ``dtype``: compute dtype
+    (``torch.bfloat16`` on float32 weights = bf16 mixed precision; None = the weights'). ``sync_weights``
+    has nothing to do: the engine samples from the very module the optimizer updates.
     """
 
     name = "transformers"
 
-    def __init__(self, model, tokenizer, sampler: str = "auto", batch_size: int = 512):
+    def __init__(self, model, tokenizer, sampler: str = "auto", batch_size: int = 512,
+                 dtype: torch.dtype | None = None):
         self.model, self.tokenizer, self.sampler, self.batch_size = model, tokenizer, sampler, batch_size
+        self.dtype = dtype
 
     def generate(self, prompts: list[str], num_samples: int, max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0) -> RolloutBatch:
         return generate_rollouts(self.model, self.tokenizer, prompts, num_samples, max_new_tokens, temperature, top_p,
-                                 batch_size=self.batch_size, sampler=self.sampler)
+                                 batch_size=self.batch_size, sampler=self.sampler, dtype=self.dtype)
 
     def sync_weights(self, policy) -> None:
         """Nothing to push (the engine samples from ``policy`` itself).
@@ -257,6 +264,11 @@ class TransformersEngine:
             raise ValueError("TransformersEngine samples from the module it was built with; pass that policy")
 
 
+def compute_dtype(cfg) -> torch.dtype | None:
+    """The RL step's compute dtype: ``torch.bfloat16`` for ``mixed_precision="bf16"``, else None (the weights')."""
+    return torch.bfloat16 if getattr(cfg, "mixed_precision", "no") == "bf16" else None
+
+
 def make_engine(cfg, policy, tokenizer) -> RolloutEngine:
     """The rollout engine ``cfg.rollout_engine`` names, for ``policy``.
 
@@ -266,7 +278,7 @@ def make_engine(cfg, policy, tokenizer) -> RolloutEngine:
     ``load_config`` refuses both vLLM cases earlier, in one line, before a run starts.
     """
     if cfg.rollout_engine == "transformers":
-        return TransformersEngine(policy, tokenizer, sampler=cfg.sampler)
+        return TransformersEngine(policy, tokenizer, sampler=cfg.sampler, dtype=compute_dtype(cfg))
     if cfg.rollout_engine == "vllm":
         from r1.rollout.vllm_engine import VLLMEngine
         return VLLMEngine.from_config(cfg, policy, tokenizer)
