@@ -139,3 +139,21 @@ def test_mixed_precision_config_refusals():
     with pytest.raises(ConfigError, match="mixed_precision='bf16' with dtype='bfloat16'"):
         RunConfig(mixed_precision="bf16", dtype="bfloat16", model_path="x", init_from="x").validate()
     assert load_config(None, ["mixed_precision=bf16"]).mixed_precision == "bf16"
+
+
+def test_generate_under_autocast_reports_its_logprobs():
+    """sampler=generate with dtype=bf16 runs transformers' generate under torch.autocast: the returned
+    sampler log-probabilities are those of the trainer's autocast forward (bf16 rounding apart), and not
+    the float32 ones bit for bit."""
+    from r1.rollout.engine import generate_rollouts
+    model, tok = model_for("qwen2", peaky=8.0)
+    torch.manual_seed(0)
+    b = generate_rollouts(model, tok, ["What is 2+3?", "Compute 7*8 now please"], 3, 10, temperature=0.8,
+                          sampler="generate", dtype=BF16)
+    args = (b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask, 0.8)
+    with torch.no_grad():
+        auto, _ = token_logprobs(model, *args, dtype=BF16)
+        exact, _ = token_logprobs(model, *args)
+    m = b.completion_mask
+    assert ((auto - b.sampler_logp) * m).abs().max() < 0.05
+    assert ((exact - b.sampler_logp) * m).abs().max() > 1e-5
