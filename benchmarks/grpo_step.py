@@ -228,21 +228,59 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _bad_arguments(args) -> str | None:
+    """What is wrong with the command line, in one line (None when nothing is)."""
+    engines = args.engines.split(",")
+    if not engines or any(e not in ("trl", "r1") for e in engines):
+        return f"--engines {args.engines!r}: expected a comma-separated list of trl and r1"
+    for item in args.configs.split(","):
+        parts = item.split(":")
+        if len(parts) != 3 or parts[0] not in SIZES:
+            return f"--configs item {item!r}: expected SIZE:BETA:G with SIZE one of {', '.join(SIZES)}"
+        try:
+            float(parts[1]), int(parts[2])
+        except ValueError:
+            return f"--configs item {item!r}: expected a number for BETA and an integer for G"
+    if "r1" in engines:
+        from r1.config import ConfigError, load_config
+        try:
+            load_config(None, list(args.set))
+        except ConfigError as e:
+            return f"--set: {e}"
+    if "trl" in engines and args.trl_set:
+        from dataclasses import fields
+
+        from trl import GRPOConfig
+        known = {f.name for f in fields(GRPOConfig)}
+        for kv in args.trl_set:
+            key, eq, value = kv.partition("=")
+            if not eq or key not in known:
+                return f"--trl-set {kv!r}: expected KEY=JSON with KEY a GRPOConfig field"
+            try:
+                json.loads(value)
+            except ValueError:
+                return f"--trl-set {kv!r}: the value is not JSON (write true/false, numbers, \"strings\")"
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="SIZE:BETA:G,... (default: all 8 of the table)")
-    ap.add_argument("--engines", default="trl,r1")
+    ap.add_argument("--engines", default="trl,r1", help="comma-separated, from trl and r1 (default: both)")
     ap.add_argument("--steps", type=int, default=10, help="measured steps after warm-up (median over them)")
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2, help="steps run before the measured ones (default 2)")
     ap.add_argument("--out", help="also write the table (Markdown) and the raw rows (.json beside it) here")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="r1 config override for the r1 engine (ablations: sampler=generate, fast_logprobs=false)")
     ap.add_argument("--trl-set", action="append", default=[], metavar="KEY=JSON",
                     help="GRPOConfig override for the TRL engine, e.g. gradient_checkpointing=false (TRL's default: true)")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                    help="both engines: fp32, or bf16 mixed precision (TRL bf16=True, its default; r1 precision=bf16)")
+                    help="both engines: fp32, or bf16 mixed precision (TRL bf16=True, its default; r1 mixed_precision=bf16)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: ENGINE:SIZE:BETA:G:MODEL_DIR -> JSON on stdout
     args = ap.parse_args()
+    problem = _bad_arguments(args)
+    if problem:
+        ap.error(problem)  # one line, exit 2
     if args.one:
         engine, size, beta, G, model_dir = args.one.split(":", 4)
         print(json.dumps(one(engine, size, float(beta), int(G), args.steps + args.warmup, Path(model_dir), args.set,
@@ -272,12 +310,14 @@ def main() -> int:
                       f"{s['reward_s']:.3f}, update {s['update_s']:.3f}), peak RSS {s['peak_rss_mb']:.0f} MB "
                       f"[{time.time() - t0:.0f} s]", flush=True)
     text = table(results)
-    print("\n" + text + "\n\nEach column is its own median over steps (parts need not add up to s/step); "
-          "TRL / r1 above 1 means r1 is faster (seconds) or better (rates, RSS).")
+    print("\n" + text + "\n\nEach column is its own median over steps (parts need not add up to s/step)"
+          + ("; TRL / r1 above 1 means r1 is faster (seconds) or better (rates, RSS)." if "," in args.engines else "."))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
-        Path(args.out).with_suffix(".json").write_text(json.dumps(raw, indent=1))
+        settings = {"precision": args.precision, "set": args.set, "trl_set": args.trl_set, "steps": args.steps,
+                    "warmup": args.warmup}
+        Path(args.out).with_suffix(".json").write_text(json.dumps({"_settings": settings, **raw}, indent=1))
     return 0
 
 

@@ -133,12 +133,18 @@ def test_rl_step_in_mixed_precision_samples_and_trains():
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
 
 
-def test_mixed_precision_config_refusals():
+def test_mixed_precision_config_refusals(tmp_path):
+    from r1.models.tiny import save_tiny
     with pytest.raises(ConfigError, match="mixed_precision='fp16': expected one of no, bf16"):
         load_config(None, ["mixed_precision=fp16"])
+    qwen = save_tiny("qwen2", tmp_path / "qwen")
     with pytest.raises(ConfigError, match="mixed_precision='bf16' with dtype='bfloat16'"):
-        RunConfig(mixed_precision="bf16", dtype="bfloat16", model_path="x", init_from="x").validate()
+        load_config(None, [f"model_path={qwen}", "dtype=bfloat16", "mixed_precision=bf16"])
+    # without model_path the tiny policy's own rule speaks first (its hint then holds)
+    with pytest.raises(ConfigError, match="LoRA and dtype apply to model_path"):
+        load_config(None, ["dtype=bfloat16", "mixed_precision=bf16"])
     assert load_config(None, ["mixed_precision=bf16"]).mixed_precision == "bf16"
+    assert load_config(None, [f"model_path={qwen}", "mixed_precision=bf16"]).mixed_precision == "bf16"
 
 
 def test_generate_under_autocast_reports_its_logprobs():
@@ -157,3 +163,9 @@ def test_generate_under_autocast_reports_its_logprobs():
     m = b.completion_mask
     assert ((auto - b.sampler_logp) * m).abs().max() < 0.05
     assert ((exact - b.sampler_logp) * m).abs().max() > 1e-5
+
+
+def test_lean_refuses_an_unsupported_compute_dtype():
+    model, _ = model_for("qwen2")
+    with pytest.raises(ValueError, match="compute dtype torch.float16 on torch.float32 weights"):
+        lean.token_logprobs(model, *batch(), dtype=torch.float16)

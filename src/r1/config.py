@@ -70,7 +70,7 @@ class RunConfig:
     rollout_engine: str = "transformers"  # "transformers" (this process, CPU or GPU) or "vllm" (GPU, pip install -e ".[vllm]")
     sampler: str = "auto"  # transformers engine: "lean" (r1's KV-cache sampler), "generate" (transformers' generate), auto = lean where the model family allows
     fast_logprobs: bool = True  # policy/reference log-probs by r1's lean forward (shared prompt per group, no padding compute) where the model family allows
-    mixed_precision: str = "no"  # RL step (sampling and update): "no", or "bf16" = matmuls and attention in bfloat16 on float32 weights, optimizer and loss (torch.autocast's numerics; TRL's bf16=True)
+    mixed_precision: str = "no"  # RL step (sampling and update): "no", or "bf16" = matmuls and attention in bfloat16 on float32 weights, optimizer and loss (torch.autocast's numerics; TRL's bf16=True); rollout_engine=vllm samples in vLLM's own dtype
     update_micro_batch_tokens: int = 0  # policy update: gradients accumulated over micro-batches of whole groups of at most this many tokens; 0 = auto (~256 MB of activations on CPU, whole batch on GPU)
     vllm_gpu_memory_utilization: float = 0.3  # vllm engine: share of GPU memory vLLM may take (the trainer needs the rest)
 
@@ -159,9 +159,6 @@ class RunConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
-        if self.mixed_precision == "bf16" and self.dtype != "float32":
-            raise ConfigError(f"mixed_precision='bf16' with dtype={self.dtype!r}: mixed precision keeps float32 "
-                              "weights and computes in bf16; expected dtype=float32 (or mixed_precision=no)")
         if self.clip_eps_high != -1.0 and self.clip_eps_high < 0:
             raise ConfigError(f"clip_eps_high={self.clip_eps_high}: expected >= 0, or -1 for the same as clip_eps")
         if not 0 <= self.overlong_cache <= self.max_new_tokens:
@@ -223,6 +220,9 @@ class RunConfig:
         elif (self.lora_r or self.dtype != "float32") and not self.init_from:  # init_from: SFT/pipeline's model
             raise ConfigError(f"lora_r={self.lora_r}, dtype={self.dtype!r}: LoRA and dtype apply to model_path "
                               "checkpoints; expected lora_r=0 and dtype=float32 for the tiny policy")
+        if self.mixed_precision == "bf16" and self.dtype != "float32":
+            raise ConfigError(f"mixed_precision='bf16' with dtype={self.dtype!r}: mixed precision keeps float32 "
+                              "weights and computes in bf16; expected dtype=float32 (or mixed_precision=no)")
         if self.task in MATH_TASKS:
             _check_math_files(self)
         for key in ("lora_r", "logprob_chunk_size", "update_micro_batch_tokens"):

@@ -292,7 +292,8 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
     console.print(f"run directory: [bold]{run_dir}[/]  (task {cfg.task}, seed {cfg.seed})")
     console.print(f"batch: {cfg.prompts_per_step} prompts x G={cfg.group_size} = "
                   f"{cfg.prompts_per_step * cfg.group_size} completions per GRPO step, up to {cfg.max_new_tokens} "
-                  f"tokens each; {cfg.rl_steps} steps; eval {cfg.eval_problems} problems x k={cfg.eval_k}")
+                  f"tokens each; {cfg.rl_steps} steps; eval {cfg.eval_problems} problems x k={cfg.eval_k}"
+                  + ("; RL in bf16 mixed precision" if cfg.mixed_precision == "bf16" else ""))
     tokenizer = load_tokenizer(cfg.model_path) if cfg.model_path else build_tokenizer()
     task = make_task(cfg)
     eval_sets = _eval_sets(cfg, task)

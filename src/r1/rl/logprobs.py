@@ -31,10 +31,14 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
             completion padding; same values within float rounding) when the model family allows it
             and no ``chunk_size`` is set; otherwise this function's transformers forward.
         dtype: compute dtype; ``torch.bfloat16`` on a float32 model = bf16 mixed precision (the lean
-            forward's own casts, or ``torch.autocast`` around the transformers forward); None = the model's.
+            forward's own casts, or ``torch.autocast`` around the transformers forward; the results are
+            float32 either way); None = the model's.
     Returns:
         logp [N, L] (with grad if the model has it) and entropy [N, L] (detached unless
         ``entropy_grad``), in nats. The lean path returns 0 on completion padding.
+    Raises:
+        ValueError: ``chunk_size`` on a model without a decoder to split off or with logit soft-capping;
+            a ``dtype`` the lean forward refuses.
     """
     if lean and not chunk_size:
         from r1.models import lean as lean_forward
@@ -47,8 +51,9 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
 
 
 def autocast(model, dtype: torch.dtype | None):
-    """``torch.autocast`` to ``dtype`` on the model's device when ``dtype`` is set and differs from the
-    model's weights (mixed precision); otherwise a context that changes nothing."""
+    """``torch.autocast`` to ``dtype`` (a reduced-precision type: bf16, or fp16 on a GPU) on the model's
+    device when ``dtype`` is set and differs from the model's weights (mixed precision); otherwise a
+    context that changes nothing."""
     param = next(model.parameters())
     return torch.autocast(param.device.type, dtype=dtype, enabled=dtype is not None and dtype != param.dtype)
 

@@ -167,7 +167,8 @@ def policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages:
         for mb, args, lm, ref_logp, old_logp, adv, weight, tokens in parts:
             logp, entropy = token_logprobs(policy, *args, entropy_grad=cfg.entropy_coef > 0, chunk_size=chunk,
                                            lean=lean, dtype=dtype)
-            if it == 0 and mb.sampler_logp is not None:  # trainer vs sampler: ~1e-6 unless something is off
+            if it == 0 and mb.sampler_logp is not None:  # trainer vs sampler: ~1e-6 in float32 unless something is off;
+                # mixed_precision=bf16: ~0.1-0.3 (the two round differently: bf16 logits, float32 decode attention)
                 dev = ((logp.detach() - mb.sampler_logp).exp() - 1).abs() * mb.completion_mask
                 sampler_dev = max(sampler_dev or 0.0, dev.max().item())
             loss, part_stats = grpo_loss(logp, logp.detach() if old_logp is None else old_logp, ref_logp, adv, lm,
