@@ -142,7 +142,8 @@ class _Weights:
         return qk[:, :self.H], qk[:, self.H:], v
 
     def bias(self, mask: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Additive attention bias in ``dtype`` (None = the compute dtype) from a bool mask (True = attend): 0 / -inf."""
+        """Additive attention bias in ``dtype`` (None = the compute dtype) from a bool mask (True =
+        attend): 0 / -inf."""
         return torch.zeros(mask.shape, dtype=dtype or self.cd, device=mask.device).masked_fill_(~mask, float("-inf"))
 
     def attend(self, q, k, v, bias) -> torch.Tensor:
@@ -356,7 +357,7 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
         cache.append((kc, vc))
     keymask = torch.zeros(B * G, 1, 1, P + L, dtype=torch.bool, device=dev)
     keymask[:, 0, 0, :P] = prompt_mask.bool()[expand]
-    keymask = w.bias(keymask, cache_dtype)  # additive: 0 = attend, -inf = not (yet)
+    keybias = w.bias(keymask, cache_dtype)  # additive: 0 = attend, -inf = not (yet)
     # cos/sin of every position a row can reach, computed once (the rotary module's values, looked up per step)
     positions = torch.arange(int(p_pos.max()) + L + 1, device=dev).unsqueeze(0)
     rot_table = torch.stack(w.rope(last.new_zeros(1, 1, 1), positions), 0)[:, 0, 0]  # [2, positions, hd]
@@ -391,14 +392,14 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
         if n_live <= 0.75 * len(rows):  # compact the cache: finished rows are not computed again
             keep = live.nonzero().squeeze(-1)
             rows, tok, pos, live = rows[keep], tok[keep], pos[keep], live[keep]
-            keymask = keymask[keep]
+            keybias = keybias[keep]
             cache = [(kc[keep], vc[keep]) for kc, vc in cache]
-        keymask[:, 0, 0, P + t] = 0.0
+        keybias[:, 0, 0, P + t] = 0.0
         seen = P + t + 1  # cache columns attended; a bf16 cache: rounded up to 16 (masked beyond P + t) so the
         # attention's matmul shapes repeat (oneDNN builds and keeps a kernel per bf16 shape)
         if cache_dtype != torch.float32:
             seen = min(P + L, -(-seen // 16) * 16)
-        logits = _decode_step(w, tok, rot_table[:, pos], cache, keymask[..., :seen], P + t)
+        logits = _decode_step(w, tok, rot_table[:, pos], cache, keybias[..., :seen], P + t)
         pos = pos + 1
     return out[:, :steps], out_logp[:, :steps]
 
