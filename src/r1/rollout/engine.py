@@ -149,10 +149,8 @@ def generate_rollouts(model, tokenizer, prompts: list[str], num_samples: int, ma
             model's ``generation_config.eos_token_id``).
         sampler: "lean" (:func:`r1.models.lean.sample`: each prompt prefilled once, finished rows no longer
             computed; Llama/Qwen2/Qwen3 families), "generate" (transformers' ``generate``), or "auto"
-            (lean where the model allows it, else generate). Both draw from the same distribution with
-            the same noise within a call (in float32; in mixed precision their roundings differ); the
-            lean sampler draws noise ahead, so the random stream after a call differs and a seed gives
-            different samples from the second call on.
+            (lean where the model allows it, else generate). Both draw from the same distribution, from
+            different random streams (a seed gives different samples under the two).
         temperature: > 0, the logits are divided by it; top_p: nucleus mass in (0, 1], 1 = full sampling.
         dtype: compute dtype; ``torch.bfloat16`` on a float32 model = bf16 mixed precision (the lean
             sampler casts the weights once per call; ``generate`` runs under ``torch.autocast``); None = the model's.
