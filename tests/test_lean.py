@@ -80,12 +80,20 @@ def test_shared_prompts_and_buckets_do_not_change_values():
 
 
 def test_buckets_hand_worked():
+    """Optimal cuts at BUCKET_COST = 128 tokens per extra bucket, areas worked by hand."""
+    assert lean.BUCKET_COST == 128
+    assert lean._buckets([], 4) == []
     assert lean._buckets([10, 10, 10, 10], 4) == [(0, 4)]  # equal lengths: one bucket
-    # two long and six short rows: [(0, 2), (2, 8)] costs 2*64 + 6*4 + 8*64 launch = 664 < 8*64 = 512? no:
-    # one bucket 8*64 = 512 beats it, so a launch cost keeps small batches in one bucket
-    assert lean._buckets([64, 64, 4, 4, 4, 4, 4, 4], 4) == [(0, 8)]
-    long_short = [100] * 32 + [5] * 32  # 64 rows: one bucket 6400; two 3200 + 160 + 800 = 4160
-    assert lean._buckets(long_short, 4) == [(0, 32), (32, 64)]
+    assert lean._buckets([5, 4, 3, 2, 1], 4) == [(0, 5)]  # one bucket 25; any cut costs >= 128 more
+    # two long, six short: one bucket 8*64 = 512; cut after row 2: 2*64 + 6*4 + 128 = 280
+    assert lean._buckets([64, 64, 4, 4, 4, 4, 4, 4], 4) == [(0, 2), (2, 8)]
+    # 35 rows at the limit, 29 at 20 (equal row counts cannot separate them: 32 + 32 rows is still 4096):
+    # one bucket 64*64 = 4096; cut after row 35: 35*64 + 29*20 + 128 = 2948
+    assert lean._buckets([64] * 35 + [20] * 29, 4) == [(0, 35), (35, 64)]
+    # three lengths, two buckets best: one 12*64 = 768; {64, 60} | {10}: 8*64 + 4*10 + 128 = 680;
+    # {64} | {60, 10}: 4*64 + 8*60 + 128 = 864; three buckets: 256 + 240 + 40 + 256 = 792
+    assert lean._buckets([64] * 4 + [60] * 4 + [10] * 4, 4) == [(0, 8), (8, 12)]
+    assert lean._buckets([64] * 4 + [60] * 4 + [10] * 4, 1) == [(0, 12)]  # ``most`` bounds k
 
 
 @pytest.mark.parametrize("family", FAMILIES)
