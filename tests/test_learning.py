@@ -163,6 +163,18 @@ def test_micro_batches_give_the_whole_batch_gradient_and_statistics():
     advantages = torch.tensor([0.7, -0.7, 0.3, -0.3, 1.0, -1.0])
     assert micro_batches(batch, 2, 0) == [[0, 1, 2, 3, 4, 5]]
     assert [len(m) for m in micro_batches(batch, 2, 1)] == [2, 2, 2]  # at least one group each
+    sizes = [int(batch.prompt_mask[g * 2].sum() + batch.completion_mask[g * 2:g * 2 + 2].sum()) for g in range(3)]
+    # a budget one token short of the whole batch: the third group gets its own micro-batch, unless it
+    # holds at most a quarter of the budget; then it joins the second
+    budget = sum(sizes) - 1
+    assert sizes[2] > budget / 4
+    assert micro_batches(batch, 2, budget) == [[0, 1, 2, 3], [4, 5]]
+    short = dataclasses.replace(batch, completion_mask=batch.completion_mask.clone())
+    short.completion_mask[4:, 1:] = 0  # the third group cut to 1 completion token per row
+    small = int(short.prompt_mask[4].sum() + short.completion_mask[4:].sum())
+    budget = sizes[0] + sizes[1] + small - 1
+    assert small <= budget / 4
+    assert micro_batches(short, 2, budget) == [[0, 1, 2, 3, 4, 5]]
     for aggregation in ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"):
         results = []
         for budget in (10**9, 1, 60):
