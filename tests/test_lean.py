@@ -46,9 +46,12 @@ def batch(seed=0, V=384, groups=((5, 3), (9, 2), (2, 3)), L=12, pad=0):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_logprobs_and_gradients_equal_transformers(family):
+def test_logprobs_and_gradients_equal_transformers(family, monkeypatch):
+    monkeypatch.setattr(lean, "BUCKET_COST", 0)  # several length buckets even for this small batch
     model, _ = model_for(family, peaky=5.0)
     args = batch()
+    lengths = sorted(args[3].sum(-1).long().tolist(), reverse=True)
+    assert len(lean._buckets(lengths, 4)) > 1
     mask = args[3]
     for temperature in (1.0, 0.7):
         with torch.no_grad():
@@ -67,11 +70,13 @@ def test_logprobs_and_gradients_equal_transformers(family):
         assert (grads[1][name] - g).norm() <= 1e-5 * g.norm() + 1e-9, name
 
 
-def test_shared_prompts_and_buckets_do_not_change_values():
+def test_shared_prompts_and_buckets_do_not_change_values(monkeypatch):
     """Rows sharing a prompt (detected from equal consecutive rows) and length buckets give the values
     of rows computed one by one."""
+    monkeypatch.setattr(lean, "BUCKET_COST", 0)
     model, _ = model_for("qwen2", peaky=5.0)
     pids, pm, cids, cm = batch(seed=3, groups=((4, 4), (7, 4)), L=10)
+    assert len(lean._buckets(sorted(cm.sum(-1).long().tolist(), reverse=True), 4)) == 4
     with torch.no_grad():
         together, _ = lean.token_logprobs(model, pids, pm, cids, cm, buckets=4)
         alone = torch.cat([lean.token_logprobs(model, pids[i:i + 1], pm[i:i + 1], cids[i:i + 1], cm[i:i + 1])[0]
@@ -84,10 +89,10 @@ def test_buckets_hand_worked():
     assert lean.BUCKET_COST == 128
     assert lean._buckets([], 4) == []
     assert lean._buckets([10, 10, 10, 10], 4) == [(0, 4)]  # equal lengths: one bucket
-    assert lean._buckets([5, 4, 3, 2, 1], 4) == [(0, 5)]  # one bucket 25; any cut costs >= 128 more
+    assert lean._buckets([5, 4, 3, 2, 1], 4) == [(0, 5)]  # one bucket 25; the best cut, {5,4}|{3,2,1}: 19 + 128
     # two long, six short: one bucket 8*64 = 512; cut after row 2: 2*64 + 6*4 + 128 = 280
     assert lean._buckets([64, 64, 4, 4, 4, 4, 4, 4], 4) == [(0, 2), (2, 8)]
-    # 35 rows at the limit, 29 at 20 (equal row counts cannot separate them: 32 + 32 rows is still 4096):
+    # 35 rows at the limit, 29 at 20 (two equal halves cannot separate them: 32 + 32 rows is still 4096):
     # one bucket 64*64 = 4096; cut after row 35: 35*64 + 29*20 + 128 = 2948
     assert lean._buckets([64] * 35 + [20] * 29, 4) == [(0, 35), (35, 64)]
     # three lengths, two buckets best: one 12*64 = 768; {64, 60} | {10}: 8*64 + 4*10 + 128 = 680;

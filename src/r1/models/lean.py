@@ -7,8 +7,9 @@ sees the current policy), without what a GRPO step on a small model pays for and
   computed once per group (sampler prefill and training forward alike) instead of G times; the
   gradient is the same, the prompt's share of the tokens (~25-35% for short-answer tasks) is not
   recomputed;
-* **no padding compute**: completions are sorted by length and cut into buckets, each padded only to
-  its own longest row; the last completion token (usually EOS) is predicted, never fed;
+* **little padding compute**: completions are sorted by length and cut into buckets, each padded only
+  to its own longest row (a bucket must save ``BUCKET_COST`` padded tokens; one bucket under bf16 mixed
+  precision on CPU); the last completion token (usually EOS) is predicted, never fed;
 * **a sampler that stops computing finished rows**: the KV cache is compacted when a quarter of the
   rows are done, instead of running every row to the longest one;
 * fused q/k/v and gate/up projections, one ``rms_norm`` kernel, explicit grouped-query attention;
@@ -168,8 +169,9 @@ class _Weights:
         Grouped-query attention as batched matmuls on [n * KH, rep * q, hd] (no copy of k/v per query
         head); on CPU this is ~2x faster than scaled_dot_product_attention with a mask at these sizes,
         forward and backward. The 1/sqrt(hd) scaling is in the query projection (``q_scale`` = 1) except
-        for Qwen3. One query per row (the sampler's decode step): the bias (and ``q_scale``) are applied by
-        the first matmul (``baddbmm``)."""
+        for Qwen3. With one query per row (a one-token prompt or bucket) the bias (and ``q_scale``) are
+        applied by the first matmul (``baddbmm``); the sampler's decode step has its own copy of this
+        (:func:`_decode_step`)."""
         n, _, q_len, _ = q.shape
         T = k.shape[2]
         b = n * self.KH
@@ -317,10 +319,10 @@ def _buckets(sorted_desc: list[int], most: int) -> list[tuple[int, int]]:
     """Cut lengths sorted longest first into k <= ``most`` contiguous buckets minimising the padded area
     (rows x longest row, summed) plus ``BUCKET_COST`` tokens per extra bucket (its extra kernel launches
     and smaller matmuls). Exact, by dynamic programming over the places where the length drops (rows of
-    equal length never need a cut between them): a few hundred operations for 128 rows of at most 64
-    distinct lengths. Returns [(start, end)] row ranges.
+    equal length never need a cut between them): ~m^2 * most / 2 steps for m distinct lengths, 0.5 ms for
+    64 and 1.8 ms for 128 in CPython. Returns [(start, end)] row ranges.
 
-    Buckets of equal row counts (before 2026-11-30) could not separate the many rows that reach the
+    Buckets of equal row counts (before commit 0d67762) could not separate the many rows that reach the
     length limit from the rest: on the benchmark's completions (~55% at the limit) they chose one bucket."""
     n = len(sorted_desc)
     if n == 0:
@@ -328,9 +330,10 @@ def _buckets(sorted_desc: list[int], most: int) -> list[tuple[int, int]]:
     bounds = [0] + [i for i in range(1, n) if sorted_desc[i] < sorted_desc[i - 1]] + [n]
     m = len(bounds) - 1  # groups of equal length; a bucket is a run of consecutive groups
     inf = float("inf")
-    area = [0.0] + [inf] * m  # area[j]: least padded area of groups [0, j) in the current number of buckets
-    backs, best_k, best_cost = [], 1, inf
-    for k in range(1, min(most, m) + 1):
+    # area[j]: least padded area of groups [0, j) in k buckets; k = 1: one bucket padded to the longest row
+    area = [float(bounds[j] * sorted_desc[0]) for j in range(m + 1)]
+    backs, best_k, best_cost = [[0] * (m + 1)], 1, area[m]
+    for k in range(2, min(max(most, 1), m) + 1):
         new, back = [inf] * (m + 1), [0] * (m + 1)
         for j in range(k, m + 1):
             for i in range(k - 1, j):

@@ -75,7 +75,8 @@ def micro_batches(batch: RolloutBatch, group_size: int, budget: int) -> list[lis
     """Rows of ``batch`` cut into micro-batches of whole groups, in order, each holding at most ``budget``
     tokens (a group's prompt counted once, as the lean forward computes it, plus its completions up to
     EOS), and at least one group; a last micro-batch of at most a quarter of ``budget`` joins the one
-    before it (at most 1.25 x ``budget`` then): a pass of its own would cost a whole pass of kernel launches
+    before it (which then holds up to 1.25 x ``budget``, more if that one is a single larger group): a pass
+    of its own would cost a whole pass of kernel launches
     (~12 ms at 4 x 128 on 2 CPU cores) for a few hundred tokens and, in bf16, new kernel shapes for oneDNN
     to compile and keep. ``budget <= 0``: one micro-batch of every row."""
     n = batch.completion_ids.shape[0]
@@ -110,13 +111,14 @@ def auto_micro_batch_tokens(model, dtype: torch.dtype | None = None) -> int:
     Both rules are fitted to the peak RSS of whole runs of the lean update on this machine (Qwen2 4 x 128
     and 8 x 320 with a 105-token vocabulary):
 
-    - float32: 4 bytes per value plus ~40 KB per token whatever the size (logits, masks, bucket padding,
-      allocator slack): ~90 KB per token at 4 x 128, ~320 KB at 8 x 320.
+    - no mixed precision: the weights' element size per value (4 bytes in float32) plus ~40 KB per token
+      whatever the size (logits, masks, bucket padding, allocator slack): ~90 KB per token at 4 x 128,
+      ~320 KB at 8 x 320 in float32.
     - bf16 mixed precision (``dtype`` bfloat16 on float32 weights): 5 bytes per value (the norms' inputs, the
       attention probabilities and the residual stream are saved in float32 beside bf16 copies) plus 16 bytes per
       vocabulary entry (float32 logits, log-probabilities, probabilities and their gradient). At 8 x 320 a
-      3-group micro-batch (1,459 tokens, sized for 2-byte values) made the process peak at 1,190-1,370 MB
-      against 960-990 MB at 1-2 groups; at 4 x 128 the whole G 8 batch in one micro-batch peaks no higher
+      3-group micro-batch (~1,460 tokens, sized for 2-byte values) made the process peak at 1,190-1,370 MB
+      against 900-990 MB at 1-2 groups; at 4 x 128 the whole G 8 batch in one micro-batch peaks no higher
       (620-640 MB) than two (625-680 MB) and each further micro-batch costs ~12 ms of kernel launches.
 
     0 (whole batch) on a GPU, where the recipes bound memory with ``logprob_chunk_size`` and gradient
