@@ -10,8 +10,8 @@ sees the current policy), without what a GRPO step on a small model pays for and
 * **little padding compute**: completions are sorted by length and cut into buckets, each padded only
   to its own longest row (a bucket must save ``BUCKET_COST`` padded tokens; one bucket under bf16 mixed
   precision on CPU); the last completion token (usually EOS) is predicted, never fed;
-* **a sampler that stops computing finished rows**: the KV cache is compacted when a quarter of the
-  rows are done, instead of running every row to the longest one;
+* **a sampler that stops computing finished rows**: the KV cache is compacted each time a quarter of
+  the rows it holds are done, instead of running every row to the longest one;
 * fused q/k/v and gate/up projections, one ``rms_norm`` kernel, explicit grouped-query attention;
 * optional bf16 mixed precision (``dtype=torch.bfloat16`` on float32 weights): the weights cast once
   per call rather than at every matmul as ``torch.autocast`` does, so a 64-step decode casts them once.
@@ -362,8 +362,8 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
     next token is drawn from softmax(logits / temperature), after top-p truncation as transformers'
     ``TopPLogitsWarper`` does it, by the exponential race ``argmax(p / E)``, E ~ Exp(1) per row and
     token (the draw ``torch.multinomial`` makes for one sample; ``greedy``: argmax of the logits
-    instead); a row stops after a token in ``stop_ids``; the cache drops finished rows once a quarter of
-    its rows are done. Randomness comes from torch's global generator: the noise of as many steps as fit
+    instead); a row stops after a token in ``stop_ids``; the cache drops its finished rows each time a
+    quarter of the rows it holds are done. Randomness comes from torch's global generator: the noise of as many steps as fit
     in 4M floats (16 MB; at least one step, whatever its size) is drawn at once as E = -log U, U ~
     ``torch.rand`` (6x cheaper than ``exponential_`` on CPU: 1.0 vs 6.0 ms for 64 steps x 64 rows x 105
     tokens), so the samples follow ``generate``'s distribution but not its random stream.
