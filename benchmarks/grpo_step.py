@@ -238,19 +238,25 @@ def _bad_arguments(args) -> str | None:
         if len(parts) != 3 or parts[0] not in SIZES:
             return f"--configs item {item!r}: expected SIZE:BETA:G with SIZE one of {', '.join(SIZES)}"
         try:
-            float(parts[1]), int(parts[2])
+            beta, G = float(parts[1]), int(parts[2])
         except ValueError:
             return f"--configs item {item!r}: expected a number for BETA and an integer for G"
+        if beta < 0 or G < 2:
+            return f"--configs item {item!r}: expected BETA >= 0 and G >= 2 (a group needs two completions)"
+    if args.steps < 1 or args.warmup < 0:
+        return f"--steps {args.steps} --warmup {args.warmup}: expected at least 1 measured step and no negative warm-up"
     if "r1" in engines:
         from r1.config import ConfigError, load_config
         try:
             load_config(None, list(args.set))
         except ConfigError as e:
             return f"--set: {e}"
-    if "trl" in engines and args.trl_set:
+    if args.trl_set and not args.one:  # checked once, whatever --engines says (the per-engine runs skip it)
         from dataclasses import fields
-
-        from trl import GRPOConfig
+        try:
+            from trl import GRPOConfig
+        except ImportError:
+            return "--trl-set: trl is not installed (pip install -e '.[bench]')"
         known = {f.name for f in fields(GRPOConfig)}
         for kv in args.trl_set:
             key, eq, value = kv.partition("=")
@@ -267,7 +273,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="SIZE:BETA:G,... (default: all 8 of the table)")
     ap.add_argument("--engines", default="trl,r1", help="comma-separated, from trl and r1 (default: both)")
-    ap.add_argument("--steps", type=int, default=10, help="measured steps after warm-up (median over them)")
+    ap.add_argument("--steps", type=int, default=10, help="measured steps after warm-up, median over them (default 10)")
     ap.add_argument("--warmup", type=int, default=2, help="steps run before the measured ones (default 2)")
     ap.add_argument("--out", help="also write the table (Markdown) and the raw rows (.json beside it) here")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
