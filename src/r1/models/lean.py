@@ -363,9 +363,9 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
     ``TopPLogitsWarper`` does it, by the exponential race ``argmax(p / E)``, E ~ Exp(1) per row and
     token (the draw ``torch.multinomial`` makes for one sample; ``greedy``: argmax of the logits
     instead); a row stops after a token in ``stop_ids``; the cache drops its finished rows each time a
-    quarter of the rows it holds are done. Randomness comes from torch's global generator: the noise of as many steps as fit
-    in 4M floats (16 MB; at least one step, whatever its size) is drawn at once as E = -log U, U ~
-    ``torch.rand`` (6x cheaper than ``exponential_`` on CPU: 1.0 vs 6.0 ms for 64 steps x 64 rows x 105
+    quarter of the rows it holds are done. Randomness comes from torch's global generator: the noise of as
+    many steps as fit in 4M floats (16 MB; at least one step, whatever its size) is drawn at once as
+    E = -log U, U ~ ``torch.rand`` (6x cheaper than ``exponential_`` on CPU: 1.0 vs 6.0 ms for 64 steps x 64 rows x 105
     tokens), so the samples follow ``generate``'s distribution but not its random stream.
 
     Args:

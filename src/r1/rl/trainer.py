@@ -76,9 +76,9 @@ def micro_batches(batch: RolloutBatch, group_size: int, budget: int) -> list[lis
     tokens (a group's prompt counted once, as the lean forward computes it, plus its completions up to
     EOS), and at least one group; a last micro-batch of at most a quarter of ``budget`` joins the one
     before it (which then holds up to 1.25 x ``budget``, more if that one is a single larger group): a pass
-    of its own would cost a whole pass of kernel launches
-    (~12 ms at 4 x 128 on 2 CPU cores) for a few hundred tokens and, in bf16, new kernel shapes for oneDNN
-    to compile and keep. ``budget <= 0``: one micro-batch of every row."""
+    of its own would cost a whole pass of kernel launches (~12 ms at 4 x 128 on 2 CPU cores) for a few
+    hundred tokens and, in bf16, new kernel shapes for oneDNN to compile and keep. ``budget <= 0``: one
+    micro-batch of every row."""
     n = batch.completion_ids.shape[0]
     if budget <= 0 or n <= group_size:
         return [list(range(n))]
@@ -131,7 +131,7 @@ def auto_micro_batch_tokens(model, dtype: torch.dtype | None = None) -> int:
         return 0
     values = c.num_hidden_layers * (12 * c.hidden_size + 5 * getattr(c, "intermediate_size", 4 * c.hidden_size))
     if dtype is not None and dtype != param.dtype:  # mixed precision
-        per_token = values * 5 + 16 * c.vocab_size  # bytes
+        per_token = values * 5 + 16 * getattr(c, "vocab_size", 0)  # bytes
     else:
         per_token = values * param.element_size() + 40 * 1024
     return max(256, int(UPDATE_ACTIVATION_MB * 2**20 / per_token))
