@@ -101,10 +101,15 @@ def test_buckets_hand_worked():
     assert lean._buckets([64] * 4 + [60] * 4 + [10] * 4, 1) == [(0, 12)]  # ``most`` bounds k
 
 
+@pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_greedy_equals_generate(family):
+def test_greedy_equals_generate(family, transposed, monkeypatch):
     """Greedy decoding, left-padded prompts of different lengths, rows stopping at different steps
-    (stop ids taken from the greedy outputs themselves): token for token what generate returns."""
+    (stop ids taken from the greedy outputs themselves): token for token what generate returns, with the
+    decode step's float32 matmuls on transposed copies of the matrices (the default on CPU for small models)
+    and on the model's own [out, in] weights (``TRANSPOSED_BYTES = 0``)."""
+    if not transposed:
+        monkeypatch.setattr(lean, "TRANSPOSED_BYTES", 0)
     model, tok = model_for(family, peaky=5.0)
     model.eval()
     pids, pm, _, _ = batch(seed=1, groups=((3, 1), (8, 1), (5, 1), (6, 1)))

@@ -85,6 +85,28 @@ def test_mixed_precision_sampler_draws_from_the_model_and_reports_its_logprobs()
     assert all(torch.equal(a, b) and b.dtype == torch.float32 for a, b in zip(before, model.parameters()))
 
 
+def test_small_mixed_precision_sampling_runs_in_float32(monkeypatch):
+    """Under ``BF16_DECODE_FLOPS`` (rows x matmul FLOPs per token) a bf16 request samples in float32 on CPU:
+    the same tokens and log-probabilities as dtype=None, bit for bit; from it (threshold 0), in bf16: the
+    log-probabilities move by bf16 rounding, not more."""
+    model, tok = model_for("qwen2", peaky=4.0)
+    model.eval()
+    prompt = torch.randint(10, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
+    assert 2 * 8 * lean._matmul_flops(model) < lean.BF16_DECODE_FLOPS
+    runs = {}
+    for name, dtype, threshold in (("fp32", None, None), ("small", BF16, None), ("bf16", BF16, 0)):
+        if threshold is not None:
+            monkeypatch.setattr(lean, "BF16_DECODE_FLOPS", threshold)
+        torch.manual_seed(3)
+        runs[name] = lean.sample(model, prompt, torch.ones_like(prompt), 8, 6, stop_ids=[], pad_id=0, dtype=dtype)
+    assert torch.equal(runs["small"][0], runs["fp32"][0]) and torch.equal(runs["small"][1], runs["fp32"][1])
+    with torch.no_grad():  # the bf16 run's own tokens, scored in float32
+        ref, _ = lean.token_logprobs(model, prompt.repeat_interleave(8, 0), torch.ones(16, 5, dtype=torch.long),
+                                     runs["bf16"][0], torch.ones(16, 6))
+    gap = (runs["bf16"][1] - ref).abs().max()
+    assert 0 < gap < 0.05
+
+
 def test_grpo_step_in_mixed_precision_raises_the_better_completion():
     """policy_update with mixed_precision=bf16 on the tiny policy: float32 weights change, the higher-reward
     completion gains log-probability, and the KL to an identical reference starts at exactly 0 (both

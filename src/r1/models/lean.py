@@ -30,6 +30,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+BF16_DECODE_FLOPS = 2.5e8  # under bf16 mixed precision on CPU the sampler's matmuls run in bf16 only from this many
+# FLOPs per decode step (rows x :func:`_matmul_flops`); below it float32 is faster (fixed cost of small bf16 matmuls,
+# docs/performance.md: 1M parameters, 64 rows, 2 cores: 1.9 vs 2.1 ms per step; 10M: 12.6 vs 8.9 ms)
+TRANSPOSED_BYTES = 64 << 20  # largest float32 matrices the sampler keeps a transposed copy of (_decode_step)
+
+
+def _matmul_flops(model) -> int:
+    """Matmul FLOPs of one token through ``model``'s projections, MLP and output head (2 per weight)."""
+    c = model.config
+    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    D, I = c.hidden_size, c.intermediate_size
+    per_layer = D * hd * (2 * c.num_attention_heads + 2 * c.num_key_value_heads) + 3 * D * I
+    return 2 * (c.num_hidden_layers * per_layer + D * c.vocab_size)
+
 FAMILIES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 BUCKET_COST = 128  # tokens of padding a further length bucket must save to be worth it (measured on 2 CPU
 # cores, 1M-10M models: 128 beat 64 and 384 with optimal cuts; see docs/performance.md)
@@ -88,6 +102,7 @@ class _Weights:
         self.H, self.KH = c.num_attention_heads, c.num_key_value_heads
         self.hd, self.scaling = attn.head_dim, attn.scaling
         self.eps = c.rms_norm_eps
+        self._eps = torch.tensor(self.eps, dtype=torch.float32)
         wdtype = self.decoder.embed_tokens.weight.dtype
         if dtype not in (None, wdtype, torch.bfloat16):
             raise ValueError(f"lean forward: compute dtype {dtype} on {wdtype} weights; expected None, "
@@ -115,11 +130,24 @@ class _Weights:
         head = model.get_output_embeddings()
         self.head_w, self.head_b = cast(head.weight), cast(head.bias)
 
+    def transposed(self) -> list[dict]:
+        """The layers' matrices as contiguous [in, out] copies (and the head's as ``"head"`` in the last dict), for
+        the sampler's ``mm`` / ``addmm`` on few rows (faster there than ``linear`` on [out, in] weights); no grad."""
+        if getattr(self, "_transposed", None) is None:
+            with torch.no_grad():
+                t = [{k: lw[k].t().contiguous() for k in ("wqkv", "wo", "wgu", "wd")} for lw in self.layers]
+                t[-1]["head"] = self.head_w.t().contiguous()
+            self._transposed = t
+        return self._transposed
+
     def norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """RMSNorm as transformers computes it (in float32, weight applied in the input dtype), returned
         in the compute dtype (the next matmul's input)."""
         if x.dtype == torch.float32:
-            h = F.rms_norm(x, (x.shape[-1],), w, self.eps)
+            # rsqrt(mean(x^2) + eps) from the 2-norm: 3 small kernels on [..., 1] instead of F.rms_norm's
+            # pow / mean / add / rsqrt on CPU; forward and backward ~25% faster at [4032, 128]
+            r = torch.linalg.vector_norm(x, 2, -1, True)
+            h = x * torch.addcmul(self._eps, r, r, value=1.0 / x.shape[-1]).rsqrt_() * w
             return h.to(self.cd) if self.mixed else h
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -185,7 +213,9 @@ class _Weights:
             if self.q_scale != 1.0:
                 scores = scores * self.q_scale
             scores = scores.view(n, self.KH, rep, q_len, T) + bias.unsqueeze(1)
-        probs = torch.softmax(scores.float(), -1).to(q.dtype).view(b, rep * q_len, T)
+        # bf16 scores: softmax computes in float32 inside its kernel and rounds once to bf16, the value of
+        # softmax(scores.float()).to(bf16) without two conversion passes (the gradient rounds in bf16)
+        probs = torch.softmax(scores, -1).view(b, rep * q_len, T)
         o = torch.bmm(probs, v.reshape(b, T, self.hd)).view(n, self.H, q_len, self.hd)
         return o.transpose(1, 2).reshape(n, q_len, self.H * self.hd)
 
@@ -391,10 +421,14 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
     reason = unsupported(model)
     if reason:
         raise ValueError(f"lean sampler: {reason}")
-    w = _Weights(model, dtype)
     B, P = prompt_ids.shape
     dev = prompt_ids.device
     G, L = num_samples, max_new_tokens
+    if dtype is not None and dev.type == "cpu" and B * G * _matmul_flops(model) < BF16_DECODE_FLOPS:
+        dtype = None  # few small matmuls: float32 is faster than bf16 on CPU (BF16_DECODE_FLOPS)
+    w = _Weights(model, dtype)
+    # float32 on CPU: the decode step multiplies by transposed copies of the matrices (up to 64 MB of them)
+    transposed = dev.type == "cpu" and not w.mixed and _matmul_flops(model) * 2 <= TRANSPOSED_BYTES
     last, kv, p_pos = _prompt_pass(w, prompt_ids, prompt_mask)
     rows = torch.arange(B * G, device=dev)  # original row of each live cache row
     expand = torch.arange(B, device=dev).repeat_interleave(G)
@@ -405,7 +439,7 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
     for k, v in kv:
         kc = k.new_zeros(B * G, w.KH, P + L, w.hd, dtype=cache_dtype)
         vc = v.new_zeros(B * G, w.KH, P + L, w.hd, dtype=cache_dtype)
-        kc[:, :, :P], vc[:, :, :P] = k[expand], v[expand]
+        kc[:, :, :P], vc[:, :, :P] = k.index_select(0, expand), v.index_select(0, expand)
         cache.append((kc, vc))
     keymask = torch.zeros(B * G, 1, 1, P + L, dtype=torch.bool, device=dev)
     keymask[:, 0, 0, :P] = prompt_mask.bool()[expand]
@@ -432,7 +466,7 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
             if t % ahead == 0:  # Exp(1) noise for the next steps, drawn for every original row, kept for live ones
                 noise = torch.rand(min(ahead, L - t), B * G, V, device=dev).log_().neg_()  # U = 0: E = inf, never drawn
                 if len(rows) < B * G:
-                    noise = noise[:, rows]
+                    noise = noise.index_select(1, rows)
             # argmax(p / E), E ~ Exp(1): a draw from p (the exponential race torch.multinomial runs for one sample)
             tok = (probs / noise[t % ahead]).argmax(-1)
         tok = torch.where(live, tok, torch.full_like(tok, pad_id))
@@ -446,37 +480,45 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
         if n_live <= 0.75 * len(rows):  # compact the cache: finished rows are not computed again
             keep = live.nonzero().squeeze(-1)
             rows, tok, pos, live = rows[keep], tok[keep], pos[keep], live[keep]
-            keybias = keybias[keep]
+            keybias = keybias.index_select(0, keep)  # index_select: ~2.5x faster than kc[keep] on CPU
             if noise is not None:
-                noise = noise[:, keep]
-            cache = [(kc[keep], vc[keep]) for kc, vc in cache]
+                noise = noise.index_select(1, keep)
+            cache = [(kc.index_select(0, keep), vc.index_select(0, keep)) for kc, vc in cache]
         keybias[:, :, 0, P + t] = 0.0
         seen = P + t + 1  # cache columns attended; a bf16 cache: rounded up to 16 (masked beyond P + t) so the
         # attention's matmul shapes repeat (oneDNN builds and keeps a kernel per bf16 shape)
         if cache_dtype != torch.float32:
             seen = min(P + L, -(-seen // 16) * 16)
-        logits = _decode_step(w, tok, rot_table[:, pos], cache, keybias[..., :seen], P + t)
+        logits = _decode_step(w, tok, rot_table[:, pos], cache, keybias[..., :seen], P + t, transposed)
         pos = pos + 1
     return out[:, :steps], out_logp[:, :steps]
 
 
-def _decode_step(w: _Weights, tok: torch.Tensor, rot: torch.Tensor, cache, keybias, at: int) -> torch.Tensor:
+def _decode_step(w: _Weights, tok: torch.Tensor, rot: torch.Tensor, cache, keybias, at: int,
+                 transposed: bool = False) -> torch.Tensor:
     """One token per row: tok [n], rot [2, n, 1, hd] (its position's cos, signed sin); writes keys/values at
     cache column ``at`` and attends to the first ``keybias.shape[-1]`` (> ``at``) columns by the additive
     ``keybias`` [n, KH, 1, T] (0 = attend, -inf = not); logits [n, V].
 
-    :meth:`_Weights.qkv` and :meth:`_Weights.attend` for one query per row, on [n, D] rows and the cache
-    viewed as [n * KH, C, hd], without their query-length reshapes (bit-identical results, ~5% faster
-    sampling at 1M parameters on 2 CPU cores)."""
+    :meth:`_Weights.qkv`, :meth:`_Weights.attend` and :meth:`_Weights.rest` for one query per row, on [n, D]
+    rows and the cache viewed as [n * KH, C, hd], without their query-length reshapes. ``transposed``: float32
+    ``mm`` / ``addmm`` on the matrices transposed once per sampling call (:meth:`_Weights.transposed`; 1M
+    parameters, 64 rows, 2 CPU cores: sampling 4-6% faster; not for bf16, whose matmuls are faster on the
+    [out, in] weights)."""
     n = tok.shape[0]
     H, KH, hd = w.H, w.KH, w.hd
     b, T = n * KH, keybias.shape[-1]
     x = w.decoder.embed_tokens(tok)  # [n, D]
     cos, sin = rot[0].view(n, 1, hd), rot[1].view(n, 1, hd)
     bias = keybias.reshape(b, 1, T)
+    tw = w.transposed() if transposed and not w.mixed else None
     for i, (kc, vc) in enumerate(cache):
         lw = w.layers[i]
-        qkv = F.linear(w.norm(x, lw["ln1"]), lw["wqkv"], lw["bqkv"])  # [n, (H + 2 KH) hd]
+        if tw is None:
+            qkv = F.linear(w.norm(x, lw["ln1"]), lw["wqkv"], lw["bqkv"])  # [n, (H + 2 KH) hd]
+        else:
+            h = w.norm(x, lw["ln1"])
+            qkv = torch.mm(h, tw[i]["wqkv"]) if lw["bqkv"] is None else torch.addmm(lw["bqkv"], h, tw[i]["wqkv"])
         if lw["qn"] is not None:  # Qwen3: RMSNorm over each head before the rotary embedding
             q, k = lw["qn"](qkv[:, :H * hd].view(n, H, hd)), lw["kn"](qkv[:, H * hd:(H + KH) * hd].view(n, KH, hd))
             qk = torch.cat([q.to(w.cd), k.to(w.cd)], 1)
@@ -489,8 +531,21 @@ def _decode_step(w: _Weights, tok: torch.Tensor, rot: torch.Tensor, cache, keybi
         q = qk[:, :H].to(kc.dtype).reshape(b, H // KH, hd)
         scores = torch.baddbmm(bias, q, kc.view(b, C, hd)[:, :T].transpose(1, 2), alpha=w.q_scale)  # [b, rep, T]
         probs = torch.softmax(scores.float(), -1).to(q.dtype)
-        x = w.rest(i, x, torch.bmm(probs, vc.view(b, C, hd)[:, :T]).view(n, H * hd))
-    return w.head(x)
+        o = torch.bmm(probs, vc.view(b, C, hd)[:, :T]).view(n, H * hd)
+        if tw is None:
+            x = w.rest(i, x, o)
+            continue
+        t = tw[i]
+        x = torch.addmm(x, o, t["wo"])
+        if lw["bo"] is not None:
+            x = x + lw["bo"]
+        g, u = torch.mm(w.norm(x, lw["ln2"]), t["wgu"]).chunk(2, -1)
+        x = torch.addmm(x, F.silu(g) * u, t["wd"])
+    if tw is None:
+        return w.head(x)
+    h = w.norm(x, w.decoder.norm.weight)
+    logits = torch.mm(h, tw[-1]["head"]) if w.head_b is None else torch.addmm(w.head_b, h, tw[-1]["head"])
+    return logits.float()
 
 
 def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
