@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from r1.models.hf import save_policy
+from r1.models.lean import reuse_weights
 from r1.models.prompts import grading_text, prompt_for
 from r1.pretrain import sample_train_problem
 from r1.rewards.format import format_reward
@@ -157,8 +158,15 @@ def policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages:
     (tokens for ``token_mean``, completions otherwise), so the gradient is that of the whole batch's loss.
     ``reference=None`` with a LoRA policy: the reference is the policy with its adapters disabled
     (``reference_logprobs``). ``cfg.logprob_chunk_size`` (0 = off) bounds the logits held at once to
-    [n, chunk, V].
+    [n, chunk, V]. The lean forward builds each model's weight matrices once per optimizer step, not once per micro-batch
+    (:func:`r1.models.lean.reuse_weights`).
     """
+    with reuse_weights():
+        return _policy_update(policy, reference, optimizer, batch, advantages, cfg)
+
+
+def _policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages: torch.Tensor, cfg) -> dict:
+    """:func:`policy_update`'s body."""
     chunk = cfg.logprob_chunk_size
     lean = getattr(cfg, "fast_logprobs", False)
     dtype = compute_dtype(cfg)
