@@ -12,9 +12,12 @@ sees the current policy), without what a GRPO step on a small model pays for and
   precision on CPU); the last completion token (usually EOS) is predicted, never fed;
 * **a sampler that stops computing finished rows**: the KV cache is compacted each time a quarter of
   the rows it holds are done, instead of running every row to the longest one;
-* fused q/k/v and gate/up projections, one ``rms_norm`` kernel, explicit grouped-query attention;
+* fused q/k/v and gate/up projections, RMSNorm from the 2-norm (fewer kernels than ``F.rms_norm`` on
+  CPU), explicit grouped-query attention;
 * optional bf16 mixed precision (``dtype=torch.bfloat16`` on float32 weights): the weights cast once
-  per call rather than at every matmul as ``torch.autocast`` does, so a 64-step decode casts them once.
+  per call rather than at every matmul as ``torch.autocast`` does, so a 64-step decode casts them once
+  (and once per optimizer step for an update in micro-batches, :func:`reuse_weights`); on CPU a sampling
+  call too small for bf16 matmuls to pay (``BF16_DECODE_FLOPS``) runs in float32.
 
 Supported: ``LlamaForCausalLM``, ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM`` (q/k norms) with full
 attention, SiLU MLP, any rotary scaling transformers implements (``model.model.rotary_emb`` computes the
@@ -449,7 +452,8 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
         dtype: compute dtype (None = the weights'; ``torch.bfloat16`` on float32 weights = bf16 mixed
             precision: the weights cast once per call, the projections and MLP in bf16; on CPU the KV
             cache and the decode step's attention stay float32, faster there than bf16 batched matmuls
-            on the cache's strided slices).
+            on the cache's strided slices, and a call whose decode steps do fewer than
+            ``BF16_DECODE_FLOPS`` matmul FLOPs (B * G rows x :func:`_matmul_flops`) runs wholly in float32).
     Raises:
         ValueError: a model :func:`unsupported` names a reason for, or a ``dtype`` :class:`_Weights` refuses.
     Returns:
