@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import resource
@@ -241,8 +242,8 @@ def _bad_arguments(args) -> str | None:
             beta, G = float(parts[1]), int(parts[2])
         except ValueError:
             return f"--configs item {item!r}: expected a number for BETA and an integer for G"
-        if beta < 0 or G < 2:
-            return f"--configs item {item!r}: expected BETA >= 0 and G >= 2 (a group needs two completions)"
+        if not math.isfinite(beta) or beta < 0 or G < 2:
+            return f"--configs item {item!r}: expected a finite BETA >= 0 and G >= 2 (a group needs two completions)"
     if args.steps < 1 or args.warmup < 0:
         return f"--steps {args.steps} --warmup {args.warmup}: expected at least 1 measured step and no negative warm-up"
     if "r1" in engines:

@@ -26,6 +26,8 @@ def test_good_arguments_pass():
     (dict(configs="1M:x:8"), "a number for BETA"),
     (dict(configs="1M:0.04:1"), "G >= 2"),
     (dict(configs="1M:-0.1:8"), "BETA >= 0"),
+    (dict(configs="1M:nan:8"), "a finite BETA"),
+    (dict(configs="1M:inf:8"), "a finite BETA"),
     (dict(steps=0), "at least 1 measured step"),
     (dict(warmup=-1), "no negative warm-up"),
     (dict(set=["mixed_precision=fp16"]), "--set"),

@@ -191,3 +191,7 @@ def test_lean_refuses_an_unsupported_compute_dtype():
     model, _ = model_for("qwen2")
     with pytest.raises(ValueError, match="compute dtype torch.float16 on torch.float32 weights"):
         lean.token_logprobs(model, *batch(), dtype=torch.float16)
+    prompt = torch.randint(10, 100, (1, 4))  # a sampling call small enough for the float32 rule: refused all the same
+    assert lean._matmul_flops(model) * 2 < lean.BF16_DECODE_FLOPS
+    with pytest.raises(ValueError, match="compute dtype torch.float16 on torch.float32 weights"):
+        lean.sample(model, prompt, torch.ones_like(prompt), 2, 3, dtype=torch.float16)

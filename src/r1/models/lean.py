@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 
 BF16_DECODE_FLOPS = 2.5e8  # under bf16 mixed precision on CPU the sampler's matmuls run in bf16 only from this many
-# FLOPs per decode step (rows x :func:`_matmul_flops`); below it float32 is faster (fixed cost of small bf16 matmuls,
-# docs/performance.md: 1M parameters, 64 rows, 2 cores: 1.9 vs 2.1 ms per step; 10M: 12.6 vs 8.9 ms)
+# FLOPs per decode step (rows x :func:`_matmul_flops`); below it float32 is faster (oneDNN's fixed cost per small
+# bf16 matmul). Fitted on 2 cores of an Intel Xeon with AMX (docs/performance.md item 10), decode step float32 vs
+# bf16: 1M parameters at 64 rows 1.9 vs 2.1 ms (bf16 pays from ~120 rows), 10M 12.6 vs 8.9 ms (from ~14 rows)
 TRANSPOSED_BYTES = 64 << 20  # largest float32 matrices the sampler keeps a transposed copy of (_decode_step)
 
 
@@ -47,13 +48,13 @@ _reuse: dict | None = None  # (id(model), dtype, grad mode) -> (parameter state,
 @contextlib.contextmanager
 def reuse_weights():
     """Within this block, the concatenated (and, under mixed precision, bf16-cast) weight matrices of a model
-    are built once and reused by every lean forward while its parameters are unchanged (same storage and
+    are built once and reused by every :func:`token_logprobs` call while its parameters are unchanged (same storage and
     in-place version; an optimizer step rebuilds them), instead of once per call. For an update in
     micro-batches: the reference's and the policy's matrices once per optimizer step instead of once per
     micro-batch (10M parameters, bf16: 6 ms per cast, 8 micro-batches per step). With gradients the cached
     matrices stay in each micro-batch's graph: their backward (concatenation, dtype cast, scaling) keeps no
     tensors, so every backward passes through them to the float32 parameters. Nested blocks share the
-    outer one's cache; it is dropped on exit."""
+    outer one's cache; it is dropped on exit. The cache is module state: one thread at a time."""
     global _reuse
     if _reuse is not None:
         yield
@@ -467,8 +468,10 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
     B, P = prompt_ids.shape
     dev = prompt_ids.device
     G, L = num_samples, max_new_tokens
-    if dtype is not None and dev.type == "cpu" and B * G * _matmul_flops(model) < BF16_DECODE_FLOPS:
-        dtype = None  # few small matmuls: float32 is faster than bf16 on CPU (BF16_DECODE_FLOPS)
+    wdtype = model.get_input_embeddings().weight.dtype
+    if (dtype == torch.bfloat16 and wdtype == torch.float32 and dev.type == "cpu"
+            and B * G * _matmul_flops(model) < BF16_DECODE_FLOPS):
+        dtype = None  # bf16 mixed precision, few small matmuls: float32 is faster on CPU (BF16_DECODE_FLOPS)
     w = _Weights(model, dtype)
     # float32 on CPU: the decode step multiplies by transposed copies of the matrices (up to 64 MB of them)
     transposed = dev.type == "cpu" and not w.mixed and _matmul_flops(model) * 2 <= TRANSPOSED_BYTES
@@ -541,13 +544,13 @@ def _decode_step(w: _Weights, tok: torch.Tensor, rot: torch.Tensor, cache, keybi
                  transposed: bool = False) -> torch.Tensor:
     """One token per row: tok [n], rot [2, n, 1, hd] (its position's cos, signed sin); writes keys/values at
     cache column ``at`` and attends to the first ``keybias.shape[-1]`` (> ``at``) columns by the additive
-    ``keybias`` [n, KH, 1, T] (0 = attend, -inf = not); logits [n, V].
+    ``keybias`` [n, KH, 1, T] (0 = attend, -inf = not); returns float32 logits [n, V].
 
     :meth:`_Weights.qkv`, :meth:`_Weights.attend` and :meth:`_Weights.rest` for one query per row, on [n, D]
     rows and the cache viewed as [n * KH, C, hd], without their query-length reshapes. ``transposed``: float32
-    ``mm`` / ``addmm`` on the matrices transposed once per sampling call (:meth:`_Weights.transposed`; 1M
-    parameters, 64 rows, 2 CPU cores: sampling 4-6% faster; not for bf16, whose matmuls are faster on the
-    [out, in] weights)."""
+    ``mm`` / ``addmm`` on the matrices transposed once per sampling call (:meth:`_Weights.transposed`; 2 CPU
+    cores, 64 rows: sampling ~4% faster at 1M parameters, ~2% at 10M; not for bf16, whose matmuls are faster
+    on the [out, in] weights)."""
     n = tok.shape[0]
     H, KH, hd = w.H, w.KH, w.hd
     b, T = n * KH, keybias.shape[-1]

@@ -158,8 +158,8 @@ def policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages:
     (tokens for ``token_mean``, completions otherwise), so the gradient is that of the whole batch's loss.
     ``reference=None`` with a LoRA policy: the reference is the policy with its adapters disabled
     (``reference_logprobs``). ``cfg.logprob_chunk_size`` (0 = off) bounds the logits held at once to
-    [n, chunk, V]. The lean forward builds each model's weight matrices once per optimizer step, not once per micro-batch
-    (:func:`r1.models.lean.reuse_weights`).
+    [n, chunk, V]. The lean forward builds each model's weight matrices once per optimizer step, not once
+    per micro-batch (:func:`r1.models.lean.reuse_weights`).
     """
     with reuse_weights():
         return _policy_update(policy, reference, optimizer, batch, advantages, cfg)
