@@ -115,12 +115,15 @@ def auto_micro_batch_tokens(model, dtype: torch.dtype | None = None) -> int:
     - no mixed precision: the weights' element size per value (4 bytes in float32) plus ~40 KB per token
       whatever the size (logits, masks, bucket padding, allocator slack): ~90 KB per token at 4 x 128,
       ~320 KB at 8 x 320 in float32.
-    - bf16 mixed precision (``dtype`` bfloat16 on float32 weights): 5 bytes per value (the norms' inputs, the
-      attention probabilities and the residual stream are saved in float32 beside bf16 copies) plus 16 bytes per
-      vocabulary entry (float32 logits, log-probabilities, probabilities and their gradient). At 8 x 320 a
-      3-group micro-batch (~1,460 tokens, sized for 2-byte values) made the process peak at 1,190-1,370 MB
-      against 900-990 MB at 1-2 groups; at 4 x 128 the whole G 8 batch in one micro-batch peaks no higher
-      (620-640 MB) than two (625-680 MB) and each further micro-batch costs ~12 ms of kernel launches.
+    - bf16 mixed precision (``dtype`` bfloat16 on float32 weights): 3.75 bytes per value (the norms' inputs,
+      the attention probabilities and the residual stream are saved in float32 beside bf16 copies) plus 16
+      bytes per vocabulary entry (float32 logits, log-probabilities, probabilities and their gradient): 992
+      tokens at 8 x 320, one or two groups of 8. There, on 11-30 (AMD EPYC), a 3-group micro-batch (~1,460
+      tokens) made the process peak at 1,190-1,370 MB against 900-990 MB at 1-2 groups; on 12-05 (Intel Xeon,
+      AMX), at beta 0.04 / G 8, 992 tokens gave update 0.93-0.95 s and 908-910 MB, 745 tokens (5 bytes per
+      value) 1.13 s and 961 MB, 1,200 tokens 0.89 s and 1,100 MB. At 4 x 128 the whole G 8 batch in one
+      micro-batch peaks no higher (620-640 MB) than two (625-680 MB) and each further micro-batch costs
+      ~12 ms of kernel launches.
 
     0 (whole batch) on a GPU, where the recipes bound memory with ``logprob_chunk_size`` and gradient
     checkpointing."""
@@ -132,7 +135,7 @@ def auto_micro_batch_tokens(model, dtype: torch.dtype | None = None) -> int:
         return 0
     values = c.num_hidden_layers * (12 * c.hidden_size + 5 * getattr(c, "intermediate_size", 4 * c.hidden_size))
     if dtype is not None and dtype != param.dtype:  # mixed precision
-        per_token = values * 5 + 16 * getattr(c, "vocab_size", 0)  # bytes
+        per_token = values * 3.75 + 16 * getattr(c, "vocab_size", 0)  # bytes
     else:
         per_token = values * param.element_size() + 40 * 1024
     return max(256, int(UPDATE_ACTIVATION_MB * 2**20 / per_token))
