@@ -48,8 +48,8 @@ _reuse: dict | None = None  # (id(model), dtype, grad mode) -> (parameter state,
 @contextlib.contextmanager
 def reuse_weights():
     """Within this block, the concatenated (and, under mixed precision, bf16-cast) weight matrices of a model
-    are built once and reused by every :func:`token_logprobs` call while its parameters are unchanged (same storage and
-    in-place version; an optimizer step rebuilds them), instead of once per call. For an update in
+    are built once and reused by every :func:`token_logprobs` call while its parameters are unchanged (same
+    storage and in-place version; an optimizer step rebuilds them), instead of once per call. For an update in
     micro-batches: the reference's and the policy's matrices once per optimizer step instead of once per
     micro-batch (10M parameters, bf16: 6 ms per cast, 8 micro-batches per step). With gradients the cached
     matrices stay in each micro-batch's graph: their backward (concatenation, dtype cast, scaling) keeps no
@@ -547,8 +547,8 @@ def _decode_step(w: _Weights, tok: torch.Tensor, rot: torch.Tensor, cache, keybi
     ``keybias`` [n, KH, 1, T] (0 = attend, -inf = not); returns float32 logits [n, V].
 
     :meth:`_Weights.qkv`, :meth:`_Weights.attend` and :meth:`_Weights.rest` for one query per row, on [n, D]
-    rows and the cache viewed as [n * KH, C, hd], without their query-length reshapes. ``transposed``: float32
-    ``mm`` / ``addmm`` on the matrices transposed once per sampling call (:meth:`_Weights.transposed`; 2 CPU
+    rows and the cache viewed as [n * KH, C, hd], without their query-length reshapes. ``transposed`` (float32
+    weights only, the caller's choice): ``mm`` / ``addmm`` on the matrices transposed once per sampling call (:meth:`_Weights.transposed`; 2 CPU
     cores, 64 rows: sampling ~4% faster at 1M parameters, ~2% at 10M; not for bf16, whose matmuls are faster
     on the [out, in] weights)."""
     n = tok.shape[0]
@@ -557,14 +557,13 @@ def _decode_step(w: _Weights, tok: torch.Tensor, rot: torch.Tensor, cache, keybi
     x = w.decoder.embed_tokens(tok)  # [n, D]
     cos, sin = rot[0].view(n, 1, hd), rot[1].view(n, 1, hd)
     bias = keybias.reshape(b, 1, T)
-    tw = w.transposed() if transposed and not w.mixed else None
+    tw = w.transposed() if transposed else None
     for i, (kc, vc) in enumerate(cache):
         lw = w.layers[i]
         if tw is None:
             qkv = F.linear(w.norm(x, lw["ln1"]), lw["wqkv"], lw["bqkv"])  # [n, (H + 2 KH) hd]
         else:
-            h = w.norm(x, lw["ln1"])
-            qkv = torch.mm(h, tw[i]["wqkv"]) if lw["bqkv"] is None else torch.addmm(lw["bqkv"], h, tw[i]["wqkv"])
+            qkv = _mm(w.norm(x, lw["ln1"]), tw[i]["wqkv"], lw["bqkv"])
         if lw["qn"] is not None:  # Qwen3: RMSNorm over each head before the rotary embedding
             q, k = lw["qn"](qkv[:, :H * hd].view(n, H, hd)), lw["kn"](qkv[:, H * hd:(H + KH) * hd].view(n, KH, hd))
             qk = torch.cat([q.to(w.cd), k.to(w.cd)], 1)
@@ -589,9 +588,12 @@ def _decode_step(w: _Weights, tok: torch.Tensor, rot: torch.Tensor, cache, keybi
         x = torch.addmm(x, F.silu(g) * u, t["wd"])
     if tw is None:
         return w.head(x)
-    h = w.norm(x, w.decoder.norm.weight)
-    logits = torch.mm(h, tw[-1]["head"]) if w.head_b is None else torch.addmm(w.head_b, h, tw[-1]["head"])
-    return logits.float()
+    return _mm(w.norm(x, w.decoder.norm.weight), tw[-1]["head"], w.head_b).float()
+
+
+def _mm(x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [n, in] @ wt [in, out] (+ bias [out])."""
+    return torch.mm(x, wt) if bias is None else torch.addmm(bias, x, wt)
 
 
 def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
