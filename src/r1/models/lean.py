@@ -548,9 +548,9 @@ def _decode_step(w: _Weights, tok: torch.Tensor, rot: torch.Tensor, cache, keybi
 
     :meth:`_Weights.qkv`, :meth:`_Weights.attend` and :meth:`_Weights.rest` for one query per row, on [n, D]
     rows and the cache viewed as [n * KH, C, hd], without their query-length reshapes. ``transposed`` (float32
-    weights only, the caller's choice): ``mm`` / ``addmm`` on the matrices transposed once per sampling call (:meth:`_Weights.transposed`; 2 CPU
-    cores, 64 rows: sampling ~4% faster at 1M parameters, ~2% at 10M; not for bf16, whose matmuls are faster
-    on the [out, in] weights)."""
+    weights only, the caller's choice): ``mm`` / ``addmm`` on the matrices transposed once per sampling call
+    (:meth:`_Weights.transposed`; 2 CPU cores, 64 rows: sampling ~4% faster at 1M parameters, ~2% at 10M;
+    not for bf16, whose matmuls are faster on the [out, in] weights)."""
     n = tok.shape[0]
     H, KH, hd = w.H, w.KH, w.hd
     b, T = n * KH, keybias.shape[-1]
