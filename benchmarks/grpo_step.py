@@ -287,7 +287,8 @@ def main() -> int:
     args = ap.parse_args()
     problem = _bad_arguments(args)
     if problem:
-        ap.error(problem)  # one line, exit 2
+        print(f"grpo_step.py: {problem}", file=sys.stderr)  # one line, exit 2
+        return 2
     if args.one:
         engine, size, beta, G, model_dir = args.one.split(":", 4)
         print(json.dumps(one(engine, size, float(beta), int(G), args.steps + args.warmup, Path(model_dir), args.set,

@@ -35,3 +35,14 @@ def test_good_arguments_pass():
 def test_bad_arguments_are_named(kw, says):
     problem = grpo_step._bad_arguments(args(**kw))
     assert problem is not None and says in problem and "\n" not in problem
+
+
+def test_the_command_refuses_in_one_line_with_exit_code_2():
+    """The script itself: the message alone on stderr (no usage block), exit code 2, nothing on stdout."""
+    import subprocess
+    import sys
+    script = Path(__file__).parents[1] / "benchmarks" / "grpo_step.py"
+    proc = subprocess.run([sys.executable, str(script), "--configs", "1M:nan:8"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().count("\n") == 0 and "a finite BETA" in proc.stderr

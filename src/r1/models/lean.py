@@ -38,8 +38,10 @@ import torch.nn.functional as F
 BF16_DECODE_FLOPS = 2.5e8  # under bf16 mixed precision on CPU the sampler's matmuls run in bf16 only from this many
 # FLOPs per decode step (rows x :func:`_matmul_flops`); below it float32 is faster (oneDNN's fixed cost per small
 # bf16 matmul). Fitted on 2 cores of an Intel Xeon with AMX (docs/performance.md item 10), decode step float32 vs
-# bf16: 1M parameters at 64 rows 1.9 vs 2.1 ms (bf16 pays from ~120 rows), 10M 12.6 vs 8.9 ms (from ~14 rows)
-TRANSPOSED_BYTES = 64 << 20  # largest float32 matrices the sampler keeps a transposed copy of (_decode_step)
+# bf16: 1M parameters at 64 rows 1.9 vs 2.1 ms (bf16 pays from ~120 rows), 10M 12.6 vs 8.9 ms (from ~14 rows); a
+# compromise between the two: it switches at 156 rows at 1M (1.6 MFLOP per token) and 12 rows at 10M (20.7 MFLOP)
+TRANSPOSED_BYTES = 64 << 20  # the sampler keeps transposed float32 copies of a model's matrices up to this
+# total size (_decode_step)
 
 
 _reuse: dict | None = None  # (id(model), dtype, grad mode) -> (parameter state, _Weights) inside reuse_weights()
@@ -474,7 +476,7 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
         dtype = None  # bf16 mixed precision, few small matmuls: float32 is faster on CPU (BF16_DECODE_FLOPS)
     w = _Weights(model, dtype)
     # float32 on CPU: the decode step multiplies by transposed copies of the matrices (up to 64 MB of them)
-    transposed = dev.type == "cpu" and not w.mixed and _matmul_flops(model) * 2 <= TRANSPOSED_BYTES
+    transposed = dev.type == "cpu" and w.cd == torch.float32 and _matmul_flops(model) * 2 <= TRANSPOSED_BYTES
     last, kv, p_pos = _prompt_pass(w, prompt_ids, prompt_mask)
     rows = torch.arange(B * G, device=dev)  # original row of each live cache row
     expand = torch.arange(B, device=dev).repeat_interleave(G)
