@@ -1,6 +1,8 @@
 """r1's lean forward (r1.models.lean) against transformers: the same log-probabilities and gradients,
 the same greedy tokens as ``generate``, the same sampling distributions, and the cases it must refuse."""
 
+import threading
+
 import pytest
 import torch
 from transformers import GenerationConfig
@@ -128,6 +130,65 @@ def test_greedy_equals_generate(family, transposed, monkeypatch):
         ref, _ = token_logprobs(model, pids, pm, got, mask)
     assert ((logp - ref) * mask).abs().max() < 2e-5
     assert (logp * (1 - mask)).abs().max() == 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lanes_and_the_eager_loop_sample_what_one_compiled_lane_samples(family, monkeypatch):
+    """The same seed gives the same completions whether the decode loop runs compiled in one lane, in two
+    lanes on two threads (the noise is drawn before the split), or eagerly; the thread count and grad mode
+    are restored, and the lanes really ran on two threads of one intra-op thread each, without autograd."""
+    model, tok = model_for(family, peaky=5.0)
+    pids, pm, _, _ = batch(seed=2, groups=((3, 1), (8, 1), (5, 1), (6, 1)))
+
+    def run(stops):
+        torch.manual_seed(7)
+        return lean.sample(model, pids, pm, 6, 10, 0.9, stop_ids=stops, pad_id=0)
+
+    torch.set_num_threads(2)
+    monkeypatch.setattr(lean, "LANE_FLOPS", 0)  # one lane
+    free, _ = run([])
+    stops = [int(free[0, 3]), int(free[13, 5])]  # rows stop at different steps, in both lanes
+    one = run(stops)
+    lengths = completion_mask(one[0], stops)[0].sum(-1)
+    assert (lengths[:12] < 10).any() and (lengths[12:] < 10).any()
+    compiled = lean._compiled(lean._sample_loop)
+    assert compiled is not lean._sample_loop  # TorchScript compiled it
+    threads = []
+
+    def spy(*args):  # each lane: its thread, grad mode (thread-local) and intra-op threads
+        threads.append((threading.get_ident(), torch.is_grad_enabled(), torch.get_num_threads()))
+        return compiled(*args)
+
+    monkeypatch.setitem(lean._COMPILED, lean._sample_loop, spy)
+    monkeypatch.setattr(lean, "LANE_FLOPS", float("inf"))
+    two = run(stops)
+    assert len({t for t, _, _ in threads}) == 2 and [(g, n) for _, g, n in threads] == [(False, 1)] * 2  # 2 lanes of 12 rows
+    assert torch.equal(one[0], two[0])
+    assert (one[1] - two[1]).abs().max() < 1e-5  # matmuls on 12 rows instead of 24 may round differently
+    assert torch.get_num_threads() == 2 and torch.is_grad_enabled() and not two[1].requires_grad
+    monkeypatch.setitem(lean._COMPILED, lean._sample_loop, lean._sample_loop)  # eager (and so one lane)
+    eager = run(stops)
+    assert torch.equal(one[0], eager[0])
+    assert (one[1] - eager[1]).abs().max() < 1e-5
+
+
+def test_a_loop_torchscript_cannot_compile_runs_eagerly_with_a_warning(monkeypatch):
+    """Where TorchScript fails (no source files, a future torch without it), sampling still works, eagerly."""
+    model, tok = model_for("qwen2", peaky=5.0)
+    pids, pm, _, _ = batch(seed=2)
+
+    def broken(fn):
+        raise RuntimeError("no TorchScript here")
+
+    torch.manual_seed(3)
+    want = lean.sample(model, pids, pm, 2, 6, stop_ids=[], pad_id=0)
+    monkeypatch.setattr(lean, "_COMPILED", {})
+    monkeypatch.setattr(torch.jit, "script", broken)
+    torch.manual_seed(3)
+    with pytest.warns(UserWarning, match="TorchScript could not compile _sample_loop"):
+        got = lean.sample(model, pids, pm, 2, 6, stop_ids=[], pad_id=0)
+    assert lean._COMPILED[lean._sample_loop] is lean._sample_loop
+    assert torch.equal(want[0], got[0]) and (want[1] - got[1]).abs().max() < 1e-6
 
 
 def _first_token_frequencies(sample_fn, V, n):

@@ -135,7 +135,7 @@ def auto_micro_batch_tokens(model, dtype: torch.dtype | None = None) -> int:
         return 0
     values = c.num_hidden_layers * (12 * c.hidden_size + 5 * getattr(c, "intermediate_size", 4 * c.hidden_size))
     if dtype is not None and dtype != param.dtype:  # mixed precision
-        per_token = values * 3.75 + 16 * getattr(c, "vocab_size", 0)  # bytes
+        per_token = values * 3.75 + 16 * getattr(c, "vocab_size", 0) + 16 * 1024  # bytes
     else:
         per_token = values * param.element_size() + 40 * 1024
     return max(256, int(UPDATE_ACTIVATION_MB * 2**20 / per_token))
