@@ -11,7 +11,9 @@ sees the current policy), without what a GRPO step on a small model pays for and
   to its own longest row (a bucket must save ``BUCKET_COST`` padded tokens; one bucket under bf16 mixed
   precision on CPU); the last completion token (usually EOS) is predicted, never fed;
 * **a sampler that stops computing finished rows**: the KV cache is compacted each time a quarter of
-  the rows it holds are done, instead of running every row to the longest one;
+  the rows it holds are done, instead of running every row to the longest one; its decode loop runs compiled
+  by TorchScript (no Python cost per operator) and, for small models on CPU, in lanes on several threads
+  (``LANE_FLOPS``), which the compiled loop allows because it does not hold the GIL;
 * fused q/k/v and gate/up projections, RMSNorm from the 2-norm (fewer kernels than ``F.rms_norm`` on
   CPU), explicit grouped-query attention;
 * optional bf16 mixed precision (``dtype=torch.bfloat16`` on float32 weights): the weights cast once
