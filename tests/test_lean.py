@@ -142,7 +142,7 @@ def test_lanes_and_the_eager_loop_sample_what_one_compiled_lane_samples(family, 
 
     def run(stops):
         torch.manual_seed(7)
-        return lean.sample(model, pids, pm, 6, 10, 0.9, stop_ids=stops, pad_id=0)
+        return lean.sample(model, pids, pm, 6, 10, 0.9, top_p=0.95, stop_ids=stops, pad_id=0)
 
     torch.set_num_threads(2)
     monkeypatch.setattr(lean, "LANE_FLOPS", 0)  # one lane

@@ -470,7 +470,8 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
     the 4M floats is split into lanes, one per intra-op thread (at least 8 rows each), run side by side on
     threads of one intra-op thread each: small decode steps leave a second core mostly idle (operators under
     32K elements run on one thread). The noise is drawn once for all rows before the split, so lanes change
-    no token (up to float rounding of matmuls on fewer rows).
+    no token (up to float rounding of matmuls on fewer rows). While the lanes run, torch's intra-op thread count
+    is 1 for the whole process (restored on return): other threads' torch work meanwhile runs on one thread.
 
     Args:
         prompt_ids, prompt_mask: [B, P] left-padded distinct prompts.
