@@ -191,6 +191,35 @@ def test_a_loop_torchscript_cannot_compile_runs_eagerly_with_a_warning(monkeypat
     assert torch.equal(want[0], got[0]) and (want[1] - got[1]).abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("bad, match", [
+    (dict(temperature=0.0), "temperature=0.0"), (dict(temperature=float("nan")), "temperature=nan"),
+    (dict(top_p=0.0), "top_p=0.0"), (dict(top_p=1.5), "top_p=1.5"), (dict(num_samples=0), "num_samples=0"),
+    (dict(max_new_tokens=-1), "max_new_tokens=-1"), (dict(prompt_ids="1-D"), r"prompt_ids \(9,\)"),
+    (dict(prompt_mask="short"), r"prompt_mask \(3, 8\)"), (dict(prompt_ids="none"), r"prompt_ids \(0, 9\)")])
+def test_bad_sampling_arguments_are_refused_in_one_line(bad, match):
+    """Each bad argument: a ValueError naming the value and what was expected (temperature 0 used to return
+    padding and NaN log-probabilities; num_samples 0 a TorchScript division by zero)."""
+    model, _ = model_for("qwen2")
+    pids, pm, _, _ = batch(seed=2)
+    args = dict(prompt_ids=pids[:3], prompt_mask=pm[:3], num_samples=2, max_new_tokens=4, temperature=1.0, top_p=1.0)
+    args.update(bad)
+    shapes = {"1-D": (pids[0], pm[0]), "none": (pids[:0], pm[:0]), "short": (pids[:3], pm[:3, 1:])}
+    for key in ("prompt_ids", "prompt_mask"):
+        if isinstance(args[key], str):
+            args["prompt_ids"], args["prompt_mask"] = shapes[args[key]]
+    with pytest.raises(ValueError, match=match) as e:
+        lean.sample(model, **args)
+    assert "\n" not in str(e.value) and "expected" in str(e.value)
+
+
+def test_a_compute_dtype_a_bf16_model_cannot_take_is_named_once():
+    model, _ = model_for("llama3", dtype=torch.bfloat16)
+    pids, pm, _, _ = batch(seed=2)
+    with pytest.raises(ValueError, match=r"compute dtype torch.float32 on torch.bfloat16 weights; expected None, "
+                                         r"torch.bfloat16$"):
+        lean.sample(model, pids[:2], pm[:2], 2, 3, dtype=torch.float32)
+
+
 def _first_token_frequencies(sample_fn, V, n):
     counts = torch.zeros(V)
     ids = sample_fn(n)

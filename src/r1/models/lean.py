@@ -35,6 +35,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import threading
 import warnings
 from typing import Dict, List, Optional, Tuple
 
@@ -159,8 +160,8 @@ class _Weights:
         self.qk_eps = torch.tensor(getattr(q_norm, "variance_epsilon", self.eps), dtype=torch.float32)  # Qwen3
         wdtype = self.decoder.embed_tokens.weight.dtype
         if dtype not in (None, wdtype, torch.bfloat16):
-            raise ValueError(f"lean forward: compute dtype {dtype} on {wdtype} weights; expected None, "
-                             f"{wdtype} or torch.bfloat16 (mixed precision)")
+            mixed = "" if wdtype == torch.bfloat16 else " or torch.bfloat16 (mixed precision)"
+            raise ValueError(f"lean forward: compute dtype {dtype} on {wdtype} weights; expected None, {wdtype}{mixed}")
         self.cd = dtype or wdtype
         self.mixed = self.cd != wdtype
         cast = (lambda t: None if t is None else t.to(self.cd)) if self.mixed else (lambda t: t)
@@ -470,8 +471,10 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
     the 4M floats is split into lanes, one per intra-op thread (at least 8 rows each), run side by side on
     threads of one intra-op thread each: small decode steps leave a second core mostly idle (operators under
     32K elements run on one thread). The noise is drawn once for all rows before the split, so lanes change
-    no token (up to float rounding of matmuls on fewer rows). While the lanes run, torch's intra-op thread count
-    is 1 for the whole process (restored on return): other threads' torch work meanwhile runs on one thread.
+    no token (up to float rounding of matmuls on fewer rows). While the lanes run (one laned call at a time per
+    process), ``torch.set_num_threads(1)`` is in effect, restored on return: MKL's thread count is process-wide,
+    and a thread whose first torch operation falls in that window keeps one intra-op thread (torch sets a
+    thread's count once, from the process's); threads that already ran torch keep theirs.
 
     Args:
         prompt_ids, prompt_mask: [B, P] left-padded distinct prompts.
@@ -488,7 +491,9 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
             on the cache's strided slices, and a call whose decode steps do fewer than
             ``BF16_DECODE_FLOPS`` matmul FLOPs (B * G rows x :func:`_matmul_flops`) runs wholly in float32).
     Raises:
-        ValueError: a model :func:`unsupported` names a reason for, or a ``dtype`` :class:`_Weights` refuses.
+        ValueError: a model :func:`unsupported` names a reason for, a ``dtype`` :class:`_Weights` refuses, prompts
+            that are not two [B, P] tensors of one shape with B >= 1, ``num_samples`` < 1, ``max_new_tokens`` < 0,
+            ``temperature`` not > 0, or ``top_p`` outside (0, 1].
     Returns:
         completion_ids [B*G, l] (``pad_id`` after a row's stop token; l <= max_new_tokens is the longest
         completion) and sampler_logp [B*G, l], log p(token) under softmax(logits / temperature) before
@@ -497,6 +502,15 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
     reason = unsupported(model)
     if reason:
         raise ValueError(f"lean sampler: {reason}")
+    if prompt_ids.dim() != 2 or prompt_ids.shape != prompt_mask.shape or prompt_ids.shape[0] < 1:
+        raise ValueError(f"lean sampler: prompt_ids {tuple(prompt_ids.shape)}, prompt_mask {tuple(prompt_mask.shape)}; "
+                         "expected two [B, P] tensors of the same shape, B >= 1")
+    if num_samples < 1 or max_new_tokens < 0:
+        raise ValueError(f"lean sampler: num_samples={num_samples}, max_new_tokens={max_new_tokens}; expected >= 1 "
+                         "and >= 0")
+    if not temperature > 0 or not 0 < top_p <= 1:
+        raise ValueError(f"lean sampler: temperature={temperature}, top_p={top_p}; expected temperature > 0 "
+                         "(greedy=True for argmax decoding) and 0 < top_p <= 1")
     B, P = prompt_ids.shape
     dev = prompt_ids.device
     G, L = num_samples, max_new_tokens
@@ -556,12 +570,13 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
         with torch.no_grad():  # grad mode is per thread
             return lane(j)
 
-    torch.set_num_threads(1)
-    try:
-        futures = [_lane_pool(lanes - 1).submit(on_one_thread, j) for j in range(1, lanes)]
-        parts = [lane(0)] + [f.result() for f in futures]
-    finally:
-        torch.set_num_threads(threads)
+    with _LANES:
+        torch.set_num_threads(1)
+        try:
+            futures = [_lane_pool(lanes - 1).submit(on_one_thread, j) for j in range(1, lanes)]
+            parts = [lane(0)] + [f.result() for f in futures]
+        finally:
+            torch.set_num_threads(threads)
     steps = max(p[0].shape[1] for p in parts)
     out = torch.cat([F.pad(o, (0, steps - o.shape[1]), value=pad_id) for o, _ in parts])
     out_logp = torch.cat([F.pad(lp, (0, steps - lp.shape[1])) for _, lp in parts])
@@ -569,6 +584,7 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
 
 
 _POOL: list = [None, 0, 0]  # the lanes' worker threads: [executor, its size, the process id that made it]
+_LANES = threading.Lock()  # one laned sampling call at a time (it sets the process's thread count)
 
 
 def _lane_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
@@ -576,6 +592,8 @@ def _lane_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
     call cost ~2 ms on 2 busy cores); made anew after a fork, whose child has none of the parent's threads."""
     pool, size, pid = _POOL
     if pool is None or size < workers or pid != os.getpid():
+        if pool is not None and pid == os.getpid():
+            pool.shutdown(wait=False)  # too small: its idle threads exit
         _POOL[:] = [concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="r1-lane"), workers, os.getpid()]
     return _POOL[0]
 
@@ -584,7 +602,8 @@ _COMPILED: dict = {}
 
 
 def _compiled(fn):
-    """``fn`` compiled by TorchScript (once per process, ~1 s), or ``fn`` itself where TorchScript is missing or
+    """``fn`` compiled by TorchScript (once per process: ~0.03 s to compile, ~0.1-0.3 s more at the first calls,
+    which TorchScript profiles and optimises), or ``fn`` itself where TorchScript is missing or
     fails to compile it (the same code then runs eagerly: same values, each operator paid from Python)."""
     if fn not in _COMPILED:
         try:
@@ -725,10 +744,11 @@ def _proj(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], transp
 
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
-    """RMSNorm as transformers computes it (in float32, weight applied in the input dtype), returned in the
-    compute dtype ``cd`` (the next matmul's input); ``eps`` a float32 scalar tensor. A float32 ``x``: rsqrt(mean(x^2)
+    """RMSNorm as transformers computes it (in float32, weight applied in the input dtype); ``eps`` a float32
+    scalar tensor. A float32 ``x`` (the residual stream of float32 weights and of mixed precision): rsqrt(mean(x^2)
     + eps) from the 2-norm, 3 small kernels on [..., 1] instead of F.rms_norm's pow / mean / add / rsqrt on CPU
-    (forward and backward ~25% faster at [4032, 128])."""
+    (forward and backward ~25% faster at [4032, 128]), returned in the compute dtype ``cd`` (the next matmul's
+    input); any other ``x`` (bf16 weights, where ``cd`` is x's dtype): :func:`_rms_exact`."""
     if x.dtype == torch.float32:
         r = torch.linalg.vector_norm(x, 2.0, [-1], True)
         h = x * torch.addcmul(eps, r, r, value=1.0 / x.shape[-1]).rsqrt_() * w
@@ -738,7 +758,8 @@ def _rms(x: torch.Tensor, w: torch.Tensor, eps: torch.Tensor, cd: torch.dtype) -
 
 def _rms_exact(x: torch.Tensor, w: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """RMSNorm in transformers' own operations (its Llama / Qwen RMSNorm modules), ``eps`` a float32 scalar
-    tensor (the same float32 sum as the modules' Python float): returned in the input dtype."""
+    tensor (the same float32 sum as the modules' Python float): ``w * normalised.to(x.dtype)``, so in x's dtype
+    promoted with w's (float32 for Qwen3's float32 q / k norm weights on a bf16 x)."""
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return w * xf.to(x.dtype)
