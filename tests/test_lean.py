@@ -195,7 +195,10 @@ def test_a_loop_torchscript_cannot_compile_runs_eagerly_with_a_warning(monkeypat
     (dict(temperature=0.0), "temperature=0.0"), (dict(temperature=float("nan")), "temperature=nan"),
     (dict(top_p=0.0), "top_p=0.0"), (dict(top_p=1.5), "top_p=1.5"), (dict(num_samples=0), "num_samples=0"),
     (dict(max_new_tokens=-1), "max_new_tokens=-1"), (dict(prompt_ids="1-D"), r"prompt_ids \(9,\)"),
-    (dict(prompt_mask="short"), r"prompt_mask \(3, 8\)"), (dict(prompt_ids="none"), r"prompt_ids \(0, 9\)")])
+    (dict(prompt_mask="short"), r"prompt_mask \(3, 8\)"), (dict(prompt_ids="none"), r"prompt_ids \(0, 9\)"),
+    (dict(prompt_ids="empty"), r"prompt_ids \(3, 0\)"), (dict(prompt_mask="float"), "prompt_mask torch.float32"),
+    (dict(num_samples=2.5), "num_samples=2.5"), (dict(num_samples=True), "num_samples=True"),
+    (dict(max_new_tokens=float("inf")), "max_new_tokens=inf"), (dict(temperature=float("inf")), "temperature=inf")])
 def test_bad_sampling_arguments_are_refused_in_one_line(bad, match):
     """Each bad argument: a ValueError naming the value and what was expected (temperature 0 used to return
     padding and NaN log-probabilities; num_samples 0 a TorchScript division by zero)."""
@@ -203,7 +206,8 @@ def test_bad_sampling_arguments_are_refused_in_one_line(bad, match):
     pids, pm, _, _ = batch(seed=2)
     args = dict(prompt_ids=pids[:3], prompt_mask=pm[:3], num_samples=2, max_new_tokens=4, temperature=1.0, top_p=1.0)
     args.update(bad)
-    shapes = {"1-D": (pids[0], pm[0]), "none": (pids[:0], pm[:0]), "short": (pids[:3], pm[:3, 1:])}
+    shapes = {"1-D": (pids[0], pm[0]), "none": (pids[:0], pm[:0]), "short": (pids[:3], pm[:3, 1:]),
+              "empty": (pids[:3, :0], pm[:3, :0]), "float": (pids[:3], pm[:3].float())}
     for key in ("prompt_ids", "prompt_mask"):
         if isinstance(args[key], str):
             args["prompt_ids"], args["prompt_mask"] = shapes[args[key]]

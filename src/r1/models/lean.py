@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import math
 import os
 import threading
 import warnings
@@ -472,9 +473,9 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
     threads of one intra-op thread each: small decode steps leave a second core mostly idle (operators under
     32K elements run on one thread). The noise is drawn once for all rows before the split, so lanes change
     no token (up to float rounding of matmuls on fewer rows). While the lanes run (one laned call at a time per
-    process), ``torch.set_num_threads(1)`` is in effect, restored on return: MKL's thread count is process-wide,
-    and a thread whose first torch operation falls in that window keeps one intra-op thread (torch sets a
-    thread's count once, from the process's); threads that already ran torch keep theirs.
+    process), ``torch.set_num_threads(1)`` is in effect, restored on return: torch keeps one process-wide count
+    that seeds each thread's own at its first torch operation, so a thread whose first torch operation falls in
+    that window keeps one intra-op thread (and samples without lanes); threads that already ran torch keep theirs.
 
     Args:
         prompt_ids, prompt_mask: [B, P] left-padded distinct prompts.
@@ -492,8 +493,9 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
             ``BF16_DECODE_FLOPS`` matmul FLOPs (B * G rows x :func:`_matmul_flops`) runs wholly in float32).
     Raises:
         ValueError: a model :func:`unsupported` names a reason for, a ``dtype`` :class:`_Weights` refuses, prompts
-            that are not two [B, P] tensors of one shape with B >= 1, ``num_samples`` < 1, ``max_new_tokens`` < 0,
-            ``temperature`` not > 0, or ``top_p`` outside (0, 1].
+            that are not two integer (mask: or bool) [B, P] tensors of one shape with B, P >= 1, ``num_samples`` not
+            an int >= 1, ``max_new_tokens`` not an int >= 0, ``temperature`` not finite and > 0, or ``top_p``
+            outside (0, 1].
     Returns:
         completion_ids [B*G, l] (``pad_id`` after a row's stop token; l <= max_new_tokens is the longest
         completion) and sampler_logp [B*G, l], log p(token) under softmax(logits / temperature) before
@@ -502,14 +504,18 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
     reason = unsupported(model)
     if reason:
         raise ValueError(f"lean sampler: {reason}")
-    if prompt_ids.dim() != 2 or prompt_ids.shape != prompt_mask.shape or prompt_ids.shape[0] < 1:
+    if prompt_ids.dim() != 2 or prompt_ids.shape != prompt_mask.shape or min(prompt_ids.shape) < 1:
         raise ValueError(f"lean sampler: prompt_ids {tuple(prompt_ids.shape)}, prompt_mask {tuple(prompt_mask.shape)}; "
-                         "expected two [B, P] tensors of the same shape, B >= 1")
-    if num_samples < 1 or max_new_tokens < 0:
-        raise ValueError(f"lean sampler: num_samples={num_samples}, max_new_tokens={max_new_tokens}; expected >= 1 "
-                         "and >= 0")
-    if not temperature > 0 or not 0 < top_p <= 1:
-        raise ValueError(f"lean sampler: temperature={temperature}, top_p={top_p}; expected temperature > 0 "
+                         "expected two [B, P] tensors of the same shape, B, P >= 1")
+    if prompt_ids.is_floating_point() or prompt_mask.is_floating_point():
+        raise ValueError(f"lean sampler: prompt_ids {prompt_ids.dtype}, prompt_mask {prompt_mask.dtype}; expected integer "
+                         "token ids and an integer or bool 0/1 mask")
+    whole = [hasattr(type(v), "__index__") and not isinstance(v, bool) for v in (num_samples, max_new_tokens)]  # numpy ints too
+    if not all(whole) or num_samples < 1 or max_new_tokens < 0:
+        raise ValueError(f"lean sampler: num_samples={num_samples!r}, max_new_tokens={max_new_tokens!r}; expected ints, "
+                         "num_samples >= 1 and max_new_tokens >= 0")
+    if not 0 < temperature < math.inf or not 0 < top_p <= 1:
+        raise ValueError(f"lean sampler: temperature={temperature}, top_p={top_p}; expected a finite temperature > 0 "
                          "(greedy=True for argmax decoding) and 0 < top_p <= 1")
     B, P = prompt_ids.shape
     dev = prompt_ids.device
@@ -572,10 +578,12 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
 
     with _LANES:
         torch.set_num_threads(1)
+        futures = []
         try:
             futures = [_lane_pool(lanes - 1).submit(on_one_thread, j) for j in range(1, lanes)]
             parts = [lane(0)] + [f.result() for f in futures]
         finally:
+            concurrent.futures.wait(futures)  # no lane outlives the call, even when one failed
             torch.set_num_threads(threads)
     steps = max(p[0].shape[1] for p in parts)
     out = torch.cat([F.pad(o, (0, steps - o.shape[1]), value=pad_id) for o, _ in parts])
