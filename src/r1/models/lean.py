@@ -291,16 +291,7 @@ class _Weights:
         """Output projection, residual, MLP, residual (each residual add fused into its matmul; mixed
         precision: the compute-dtype outputs added to the float32 residual stream)."""
         w = self.layers[i]
-        if self.mixed:
-            x = x + F.linear(attn_out.to(self.cd), w["wo"], w["bo"])
-            g, u = F.linear(self.norm(x, w["ln2"]), w["wgu"]).chunk(2, -1)
-            return x + F.linear(F.silu(g) * u, w["wd"])
-        shape = x.shape
-        x = torch.addmm(x.reshape(-1, shape[-1]), attn_out.reshape(-1, attn_out.shape[-1]), w["wo"].t())
-        if w["bo"] is not None:
-            x = x + w["bo"]
-        g, u = F.linear(self.norm(x, w["ln2"]), w["wgu"]).chunk(2, -1)
-        return torch.addmm(x, F.silu(g) * u, w["wd"].t()).view(shape)
+        return _rest(x, attn_out, w["wo"], w["bo"], w["ln2"], w["wgu"], w["wd"], self._eps, self.cd, False)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm and output head: [..., D] -> float32 logits [..., V]."""
@@ -705,7 +696,6 @@ def _decode_step(W: Dict[str, List[torch.Tensor]], tok: torch.Tensor, rot: torch
     x = F.embedding(tok, W["embed"][0])  # [n, D]
     cos, sin = rot[0].view(n, 1, hd), rot[1].view(n, 1, hd)
     bias = keybias.reshape(b, 1, T)
-    mixed = x.dtype != cd
     qkv_b = W.get("bqkv")
     o_b = W.get("bo")
     qn = W.get("qn")
@@ -727,19 +717,31 @@ def _decode_step(W: Dict[str, List[torch.Tensor]], tok: torch.Tensor, rot: torch
         scores = torch.baddbmm(bias, q, kc.view(b, C, hd)[:, :T].transpose(1, 2), alpha=q_scale)  # [b, rep, T]
         probs = torch.softmax(scores.float(), -1).to(q.dtype)
         o = torch.bmm(probs, vc.view(b, C, hd)[:, :T]).view(n, H * hd)
-        bo = None if o_b is None else o_b[i]
-        if mixed:  # bf16 matmuls added to the float32 residual stream
-            x = x + _proj(o.to(cd), W["wo"][i], bo, transposed)
-            g, u = _proj(_rms(x, W["ln2"][i], eps, cd), W["wgu"][i], None, transposed).chunk(2, -1)
-            x = x + _proj(F.silu(g) * u, W["wd"][i], None, transposed)
-        else:  # residual adds fused into the matmuls
-            x = torch.addmm(x, o, W["wo"][i] if transposed else W["wo"][i].t())
-            if bo is not None:
-                x = x + bo
-            g, u = _proj(_rms(x, W["ln2"][i], eps, cd), W["wgu"][i], None, transposed).chunk(2, -1)
-            x = torch.addmm(x, F.silu(g) * u, W["wd"][i] if transposed else W["wd"][i].t())
+        x = _rest(x, o, W["wo"][i], None if o_b is None else o_b[i], W["ln2"][i], W["wgu"][i], W["wd"][i], eps, cd,
+                  transposed)
     head_b = W.get("head_b")
     return _proj(_rms(x, W["norm"][0], eps, cd), W["head"][0], None if head_b is None else head_b[0], transposed).float()
+
+
+def _rest(x: torch.Tensor, o: torch.Tensor, wo: torch.Tensor, bo: Optional[torch.Tensor], ln2: torch.Tensor,
+          wgu: torch.Tensor, wd: torch.Tensor, eps: torch.Tensor, cd: torch.dtype, transposed: bool) -> torch.Tensor:
+    """Output projection, residual, MLP, residual of one layer (TorchScript-compilable; :meth:`_Weights.rest` and
+    :func:`_decode_step`): x [..., D] the residual stream, o [..., H * hd] the attention output, the matrices as
+    :func:`_proj` takes them. Mixed precision (x's dtype is not ``cd``): the compute-dtype outputs added to the
+    float32 residual stream; otherwise each residual add fused into its matmul (``addmm`` on [m, D] rows)."""
+    if x.dtype != cd:
+        x = x + _proj(o.to(cd), wo, bo, transposed)
+        g, u = _proj(_rms(x, ln2, eps, cd), wgu, None, transposed).chunk(2, -1)
+        return x + _proj(F.silu(g) * u, wd, None, transposed)
+    shape = x.shape
+    if len(shape) != 2:
+        x, o = x.reshape(-1, shape[-1]), o.reshape(-1, o.shape[-1])
+    x = torch.addmm(x, o, wo if transposed else wo.t())
+    if bo is not None:
+        x = x + bo
+    g, u = _proj(_rms(x, ln2, eps, cd), wgu, None, transposed).chunk(2, -1)
+    x = torch.addmm(x, F.silu(g) * u, wd if transposed else wd.t())
+    return x if len(shape) == 2 else x.view(shape)
 
 
 def _proj(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], transposed: bool) -> torch.Tensor:

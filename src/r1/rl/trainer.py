@@ -117,11 +117,15 @@ def auto_micro_batch_tokens(model, dtype: torch.dtype | None = None) -> int:
       ~320 KB at 8 x 320 in float32.
     - bf16 mixed precision (``dtype`` bfloat16 on float32 weights): 3.75 bytes per value (the norms' inputs,
       the attention probabilities and the residual stream are saved in float32 beside bf16 copies) plus 16
-      bytes per vocabulary entry (float32 logits, log-probabilities, probabilities and their gradient): 992
-      tokens at 8 x 320, one or two groups of 8. There, on 11-30 (AMD EPYC), a 3-group micro-batch (~1,460
+      bytes per vocabulary entry (float32 logits, log-probabilities, probabilities and their gradient) plus
+      16 KB per token (allocator slack, the sampler lanes' thread arena): 3,840 tokens at 4 x 128, 935 at
+      8 x 320 (one or two groups of 8). At 4 x 128, G 16, the 16 KB make micro-batches of 4 + 4 groups instead
+      of 5 + 3: peak 760 MB instead of 816-830 MB with the laned sampler (TRL 815-840), update no slower
+      (0.220 vs 0.233 s). At 8 x 320, on 11-30 (AMD EPYC), a 3-group micro-batch (~1,460
       tokens) made the process peak at 1,190-1,370 MB against 900-990 MB at 1-2 groups; on 12-05 (Intel Xeon,
-      AMX), at beta 0.04 / G 8, 992 tokens gave update 0.93-0.95 s and 908-910 MB, 745 tokens (5 bytes per
-      value) 1.13 s and 961 MB, 1,200 tokens 0.89 s and 1,100 MB. At 4 x 128 the whole G 8 batch in one
+      AMX), at beta 0.04 / G 8, 992 tokens (without the 16 KB) gave update 0.93-0.95 s and 908-910 MB, 745 tokens
+      (5 bytes per value) 1.13 s and 961 MB, 1,200 tokens 0.89 s and 1,100 MB, 935 tokens 1.421 s per step and
+      972 MB against 992's 1.437 s and 940 MB in one later session. At 4 x 128 the whole G 8 batch in one
       micro-batch peaks no higher (620-640 MB) than two (625-680 MB) and each further micro-batch costs
       ~12 ms of kernel launches.
 
