@@ -281,6 +281,23 @@ def test_sampling_distribution_equals_the_model_and_generate(top_p):
     assert 0.5 * (freq2 - p2).abs().sum() < 0.08 + 2 / rows.sum().sqrt()
 
 
+@pytest.mark.parametrize("sampler", ["lean", "generate"])
+@pytest.mark.parametrize("bad, match", [
+    (dict(prompts=[]), "0 prompts"), (dict(num_samples=0), "num_samples=0"),
+    (dict(max_new_tokens=-1), "max_new_tokens=-1"), (dict(top_p=2.0), "top_p=2.0"),
+    (dict(temperature=0.0), "temperature=0.0")])
+def test_generate_rollouts_refuses_bad_arguments_whichever_sampler(sampler, bad, match):
+    """The same one-line refusals on both samplers (top_p=2 used to run under generate and fail under lean;
+    num_samples=0 was a ZeroDivisionError)."""
+    model, tok = model_for("qwen2")
+    args = dict(prompts=["What is 2+3?"], num_samples=2, max_new_tokens=4, temperature=1.0, top_p=1.0)
+    args.update(bad)
+    with pytest.raises(ValueError, match=match) as e:
+        generate_rollouts(model, tok, args.pop("prompts"), args.pop("num_samples"), args.pop("max_new_tokens"),
+                          sampler=sampler, **args)
+    assert "\n" not in str(e.value)
+
+
 def test_generate_rollouts_lean_and_generate_agree_on_layout():
     """generate_rollouts with sampler=lean and sampler=generate: same shapes and layout rules; the
     sampler log-probs equal the trainer's, which is what on-policy GRPO needs."""

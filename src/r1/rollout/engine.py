@@ -7,6 +7,7 @@ tokens (right-padded after the end-of-sequence token).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -159,8 +160,17 @@ def generate_rollouts(model, tokenizer, prompts: list[str], num_samples: int, ma
     Randomness comes from torch's global generator: seed it before calling.
 
     Raises:
-        ValueError: ``sampler="lean"`` for a model the lean sampler does not support, or an unknown sampler.
+        ValueError: ``sampler="lean"`` for a model the lean sampler does not support, an unknown sampler, no
+            prompts, ``num_samples`` < 1, ``max_new_tokens`` < 0, ``temperature`` not finite and > 0, or ``top_p``
+            outside (0, 1] (whichever sampler runs).
     """
+    if not prompts or num_samples < 1 or max_new_tokens < 0:
+        raise ValueError(f"generate_rollouts: {len(prompts)} prompts, num_samples={num_samples}, "
+                         f"max_new_tokens={max_new_tokens}; expected at least one prompt, num_samples >= 1 and "
+                         "max_new_tokens >= 0")
+    if not 0 < temperature < math.inf or not 0 < top_p <= 1:
+        raise ValueError(f"generate_rollouts: temperature={temperature}, top_p={top_p}; expected a finite temperature > 0 "
+                         "and 0 < top_p <= 1")
     stop = eos_ids(model, tokenizer) if eos_token_id is None else \
         ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
     pad_id = tokenizer.pad_token_id
