@@ -192,6 +192,48 @@ def test_micro_batches_give_the_whole_batch_gradient_and_statistics():
         assert want_stats["kl"] > 0
 
 
+def test_forwards_without_gradients_run_on_their_own_larger_micro_batches(monkeypatch):
+    """The reference's (and, with two iterations, the old policy's) forward keeps no activations, so it runs on
+    micro-batches of ``auto_no_grad_micro_batch_tokens``, not of the update's budget: with the update cut into
+    one micro-batch per group, the reference still runs once over all rows, and the gradients are those of a
+    whole-batch update. The budget's rule, hand-worked for a 4 x 128 model (intermediate 384, 4 heads,
+    105 tokens) at context 120: 4 x (4 x 384 + 8 x 128 + 3 x 4 x 120) + 16 x 105 + 16,384 = 34,064 bytes
+    per token -> 256 MiB / 34,064 = 7,880 tokens."""
+    import dataclasses
+
+    import r1.rl.trainer as trainer
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    base = RunConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64, beta=0.04,
+                     group_size=2, max_grad_norm=1e9, num_iterations=2, max_new_tokens=40)
+    tok = build_tokenizer()
+    policy = build_policy(base, tok, seed=0)
+    reference = build_policy(base, tok, seed=1).requires_grad_(False)
+    groups = [("12*34", ["<think>\n12*4=48\n</think>\n<answer>408</answer>", "<answer>480</answer>"]),
+              ("7*8", ["<answer>56</answer>", "<think>\n7*8=56\n</think>\n<answer>56</answer>"]),
+              ("123*45", ["<think>\n</think>", "<answer>5535</answer>"])]
+    batch = concat_rollouts([make_batch(tok, prompt_text(tok, q), cs) for q, cs in groups], tok.pad_token_id)
+    advantages = torch.tensor([0.7, -0.7, 0.3, -0.3, 1.0, -1.0])
+    rows_seen = []
+    real = trainer.reference_logprobs
+    monkeypatch.setattr(trainer, "reference_logprobs",
+                        lambda p, r, ids, *a, **k: rows_seen.append(ids.shape[0]) or real(p, r, ids, *a, **k))
+    want = _CaptureGrads(policy)
+    policy_update(policy, reference, want, batch, advantages, dataclasses.replace(base, update_micro_batch_tokens=10**9))
+    assert rows_seen == [6]
+    monkeypatch.setattr(trainer, "auto_micro_batch_tokens", lambda *a, **k: 1)  # one group per micro-batch
+    rows_seen.clear()
+    got = _CaptureGrads(policy)
+    policy_update(policy, reference, got, batch, advantages, base)
+    assert rows_seen == [6]
+    for step_want, step_got in zip(want.grads, got.grads):
+        for name, g in step_want.items():
+            assert (step_got[name] - g).norm() <= 1e-5 * g.norm() + 1e-8, name
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=105, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                                         num_key_value_heads=2, intermediate_size=384))
+    assert trainer.auto_no_grad_micro_batch_tokens(model, 120) == 7880
+    assert trainer.auto_no_grad_micro_batch_tokens(model, 10**6) == 256  # the floor
+
+
 def test_rl_step_samples_through_the_engine_and_syncs_weights_after_the_update():
     """rl_step asks its rollout engine for B prompts x G completions with the config's length and
     temperature, and hands it the updated policy once per step, after the optimizer step."""

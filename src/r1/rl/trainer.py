@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from r1.models.hf import save_policy
-from r1.models.lean import reuse_weights
+from r1.models.lean import reuse_weights, unsupported
 from r1.models.prompts import grading_text, prompt_for
 from r1.pretrain import sample_train_problem
 from r1.rewards.format import format_reward
@@ -105,21 +105,27 @@ def micro_batches(batch: RolloutBatch, group_size: int, budget: int) -> list[lis
 UPDATE_ACTIVATION_MB = 256  # CPU: activations a micro-batch may hold, estimated (update_micro_batch_tokens=0)
 
 
-def auto_micro_batch_tokens(model, dtype: torch.dtype | None = None) -> int:
+def auto_micro_batch_tokens(model, dtype: torch.dtype | None = None, lean: bool = True) -> int:
     """Tokens per micro-batch holding about ``UPDATE_ACTIVATION_MB`` of activations on CPU, from the
-    model's depth and widths: ~(12 hidden + 5 intermediate) values saved per token and layer.
+    model's depth and widths: ~(12 hidden + 3 intermediate) values saved per token and layer when the lean
+    forward runs the update without mixed precision (``lean``: its MLP saves only gate | up,
+    :class:`r1.models.lean._SwiGLUDown`; 8 x 320 in float32, 64 rows: 225 KB per completion token, 299 KB
+    before that), ~(12 hidden + 5 intermediate) with the transformers forward or under bf16 mixed precision.
 
     Both rules are fitted to the peak RSS of whole runs of the lean update on this machine (Qwen2 4 x 128
     and 8 x 320 with a 105-token vocabulary):
 
     - no mixed precision: the weights' element size per value (4 bytes in float32) plus ~40 KB per token
-      whatever the size (logits, masks, bucket padding, allocator slack): ~90 KB per token at 4 x 128,
-      ~320 KB at 8 x 320 in float32.
+      whatever the size (logits, masks, bucket padding, allocator slack): ~82 KB per token at 4 x 128 and
+      ~256 KB at 8 x 320 in float32 (3,196 and 1,024 tokens; ~90 and ~320 KB, 2,788 and 819 tokens, with 5
+      intermediate values, before the lean MLP saved less).
     - bf16 mixed precision (``dtype`` bfloat16 on float32 weights): 3.75 bytes per value (the norms' inputs,
       the attention probabilities and the residual stream are saved in float32 beside bf16 copies) plus 16
       bytes per vocabulary entry (float32 logits, log-probabilities, probabilities and their gradient) plus
       16 KB per token (allocator slack, the sampler lanes' thread arena): 3,840 tokens at 4 x 128, 935 at
-      8 x 320 (one or two groups of 8). At 4 x 128, G 16, the 16 KB make micro-batches of 4 + 4 groups instead
+      8 x 320 (one or two groups of 8). Mixed precision keeps autograd's MLP and 5 intermediate values: with
+      the lean MLP and 3 values (1,190 tokens at 8 x 320) the 10M / 0.04 / 8 process peaked at 1,074 MB
+      instead of 974, no faster (12-05). At 4 x 128, G 16, the 16 KB make micro-batches of 4 + 4 groups instead
       of 5 + 3: peak 760 MB instead of 816-830 MB with the laned sampler (TRL 815-840), update no slower
       (0.220 vs 0.233 s). At 8 x 320, on 11-30 (AMD EPYC), a 3-group micro-batch (~1,460
       tokens) made the process peak at 1,190-1,370 MB against 900-990 MB at 1-2 groups; on 12-05 (Intel Xeon,
@@ -137,12 +143,53 @@ def auto_micro_batch_tokens(model, dtype: torch.dtype | None = None) -> int:
     c = getattr(model, "config", None)
     if c is None or not hasattr(c, "hidden_size"):
         return 0
-    values = c.num_hidden_layers * (12 * c.hidden_size + 5 * getattr(c, "intermediate_size", 4 * c.hidden_size))
-    if dtype is not None and dtype != param.dtype:  # mixed precision
+    mixed = dtype is not None and dtype != param.dtype
+    inter = (3 if lean and not mixed else 5) * getattr(c, "intermediate_size", 4 * c.hidden_size)
+    values = c.num_hidden_layers * (12 * c.hidden_size + inter)
+    if mixed:
         per_token = values * 3.75 + 16 * getattr(c, "vocab_size", 0) + 16 * 1024  # bytes
     else:
         per_token = values * param.element_size() + 40 * 1024
     return max(256, int(UPDATE_ACTIVATION_MB * 2**20 / per_token))
+
+
+def auto_no_grad_micro_batch_tokens(model, context: int, dtype: torch.dtype | None = None) -> int:
+    """Tokens per micro-batch of a forward without gradients (the reference model's, the old policy's) holding
+    about ``UPDATE_ACTIVATION_MB`` on CPU. Such a forward keeps no activations for a backward, only one layer's
+    at a time, so it takes far more tokens than a training micro-batch: per token ~4 bytes x (4 intermediate +
+    8 hidden + 3 heads x ``context`` (prompt + completion positions, the attention scores, bias and
+    probabilities)) plus 16 bytes per vocabulary entry (logits, log-probabilities and their exponentials) plus
+    16 KB of slack. 4 x 128 and 8 x 320 with a 105-token vocabulary: 7,880 and 4,775 tokens at context 120 (a
+    G 8 batch of the benchmark in one pass, instead of 2 and 4-8 training micro-batches); a Qwen2.5-0.5B shape
+    (vocabulary 151,936) at context 1,200: 97, raised to the floor of 256 tokens that
+    :func:`auto_micro_batch_tokens` also keeps. 0 (whole batch) on a GPU, as there.
+
+    One pass instead of many: the 8 x 320 reference forward, G 8, 64 rows in 1 pass 283 ms, in 8 passes of a
+    group each 443 ms (fp32, 2 threads, Intel Xeon, 12-05; every pass runs every layer's ~40 operators per
+    length bucket)."""
+    param = next(model.parameters())
+    if param.device.type != "cpu":
+        return 0
+    c = getattr(model, "config", None)
+    if c is None or not hasattr(c, "hidden_size"):
+        return 0
+    inter = getattr(c, "intermediate_size", 4 * c.hidden_size)
+    per_token = (4 * (4 * inter + 8 * c.hidden_size + 3 * c.num_attention_heads * max(int(context), 1))
+                 + 16 * getattr(c, "vocab_size", 0) + 16 * 1024)
+    return max(256, int(UPDATE_ACTIVATION_MB * 2**20 / per_token))
+
+
+def _no_grad_logprobs(fn, batch: RolloutBatch, group_size: int, budget: int) -> torch.Tensor:
+    """[N, L] float32 log-probabilities ``fn(prompt_ids, prompt_mask, completion_ids, completion_mask)`` returns for
+    each micro-batch of ``budget`` tokens (:func:`micro_batches`), put back in the batch's rows; 0 past each
+    micro-batch's longest completion."""
+    N, L = batch.completion_ids.shape
+    out = torch.zeros(N, L, dtype=torch.float32, device=batch.completion_ids.device)
+    for rows in micro_batches(batch, group_size, budget):
+        mb = _trimmed(batch, rows)
+        logp = fn(mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask)
+        out[rows, :logp.shape[1]] = logp.float()
+    return out
 
 
 def _trimmed(batch: RolloutBatch, rows: list[int]) -> RolloutBatch:
@@ -182,17 +229,30 @@ def _policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages
         loss_mask = loss_mask * (~batch.truncated).float().unsqueeze(-1)
     parts = []
     total_tokens, total_rows = loss_mask.sum().clamp(min=1.0), loss_mask.shape[0]
-    budget = getattr(cfg, "update_micro_batch_tokens", 0) or auto_micro_batch_tokens(policy, dtype)
+    lean_update = lean and not chunk and unsupported(policy, training=True) is None
+    budget = getattr(cfg, "update_micro_batch_tokens", 0) or auto_micro_batch_tokens(policy, dtype, lean_update)
+    # the forwards without gradients run on their own, larger micro-batches (they hold no activations for a
+    # backward); an explicit update_micro_batch_tokens applies to them too
+    context = batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]
+    no_grad_budget = (getattr(cfg, "update_micro_batch_tokens", 0)
+                      or auto_no_grad_micro_batch_tokens(policy, context, dtype))
+    ref_all = old_all = None
+    if cfg.beta > 0:  # no reference forward at all when beta = 0
+        ref_all = _no_grad_logprobs(
+            lambda *a: reference_logprobs(policy, reference, *a, cfg.temperature, chunk_size=chunk, lean=lean,
+                                          dtype=dtype), batch, cfg.group_size, no_grad_budget)
+    if cfg.num_iterations > 1:  # computed once per rollout batch (GRPO Algorithm 1, DeepSeekMath)
+        with torch.no_grad():
+            old_all = _no_grad_logprobs(
+                lambda *a: token_logprobs(policy, *a, cfg.temperature, chunk_size=chunk, lean=lean, dtype=dtype)[0],
+                batch, cfg.group_size, no_grad_budget)
     for rows in micro_batches(batch, cfg.group_size, budget):
         mb = _trimmed(batch, rows)
-        lm = loss_mask[rows][:, :mb.completion_ids.shape[1]]
+        width = mb.completion_ids.shape[1]
+        lm = loss_mask[rows][:, :width]
         args = (mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask, cfg.temperature)
-        ref_logp = old_logp = None
-        if cfg.beta > 0:  # no reference forward at all when beta = 0
-            ref_logp = reference_logprobs(policy, reference, *args, chunk_size=chunk, lean=lean, dtype=dtype)
-        if cfg.num_iterations > 1:  # computed once per rollout batch (GRPO Algorithm 1, DeepSeekMath)
-            with torch.no_grad():
-                old_logp, _ = token_logprobs(policy, *args, chunk_size=chunk, lean=lean, dtype=dtype)
+        ref_logp = None if ref_all is None else ref_all[rows, :width]
+        old_logp = None if old_all is None else old_all[rows, :width]
         weight = lm.sum() / total_tokens if cfg.loss_aggregation == "token_mean" else len(rows) / total_rows
         parts.append((mb, args, lm, ref_logp, old_logp, advantages[rows], float(weight),
                       mb.completion_mask.sum().item()))
