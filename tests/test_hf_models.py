@@ -179,6 +179,27 @@ def test_chunked_logprobs_equal_unchunked_with_gradients(checkpoints, family):
         assert torch.allclose(logps(model, batch, chunk_size=4)[0], logps(model, batch)[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("family", ["llama3", "deepseek_v3"])
+def test_logprobs_without_entropy_are_the_same_logprobs(checkpoints, family, monkeypatch):
+    """``entropy=False`` (the reference's and the old policy's forwards) returns the same log-probabilities and
+    None for the entropies on every path (lean, transformers, chunked; with and without gradients), and never
+    exponentiates the [N, L, V] log-probabilities for them."""
+    model, tok = load_policy(checkpoints[family])
+    batch = rollouts(model, tok)
+    for lean in (False, True):
+        for chunk in (0, 3):
+            for grad in (False, True):
+                with torch.set_grad_enabled(grad):
+                    want, _ = logps(model, batch, chunk_size=chunk, lean=lean)
+                    exps = []
+                    real_exp = torch.Tensor.exp
+                    monkeypatch.setattr(torch.Tensor, "exp", lambda t: exps.append(t.dim()) or real_exp(t))
+                    got, ent = logps(model, batch, chunk_size=chunk, lean=lean, entropy=False)
+                    monkeypatch.setattr(torch.Tensor, "exp", real_exp)
+                assert ent is None and torch.equal(got, want), (lean, chunk, grad)
+                assert 3 not in exps, (lean, chunk, grad)
+
+
 def test_chunked_policy_update_and_lora_reference(checkpoints):
     """policy_update with cfg.logprob_chunk_size gives the same step as without; with a LoRA policy the
     disabled-adapter reference is chunked too."""

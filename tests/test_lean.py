@@ -455,19 +455,21 @@ def test_swiglu_down_equals_autograd_and_saves_only_gate_up():
     assert want_bytes == got_bytes + 8 * 2 * m * inter
 
 
-@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
-def test_training_forward_uses_the_memory_saving_mlp_outside_mixed_precision(dtype, monkeypatch):
-    """With gradients on float32 weights every layer's MLP runs through ``_SwiGLUDown``; under bf16 mixed
-    precision (where its recomputation is slower on CPU) and without gradients it does not."""
+@pytest.mark.parametrize("setting", ["float32", "bf16 mixed precision", "bf16 model"])
+def test_training_forward_uses_the_memory_saving_mlp_in_float32_only(setting, monkeypatch):
+    """With gradients in float32 compute every layer's MLP runs through ``_SwiGLUDown``; under bf16 mixed
+    precision or on a bf16 model (where its recomputation is slower on CPU), and without gradients, it does
+    not."""
     calls = []
     real = lean._SwiGLUDown.apply
     monkeypatch.setattr(lean._SwiGLUDown, "apply", lambda *a: calls.append(1) or real(*a))
-    model, _ = model_for("qwen2", peaky=3.0)
+    model, _ = model_for("qwen2", peaky=3.0, dtype=torch.bfloat16 if setting == "bf16 model" else torch.float32)
+    dtype = torch.bfloat16 if setting == "bf16 mixed precision" else None
     args = batch()
     lean.token_logprobs(model, *args, dtype=dtype)
     layers, passes = model.config.num_hidden_layers, len(calls)
     with torch.no_grad():
-        lean.token_logprobs(model, *args)
+        lean.token_logprobs(model, *args, dtype=dtype)
     assert len(calls) == passes
-    assert passes == (0 if dtype else layers * (1 + len(lean._buckets(sorted(args[3].sum(-1).long().tolist(),
-                                                                              reverse=True), 4))))
+    widths = sorted(args[3].sum(-1).long().tolist(), reverse=True)
+    assert passes == (layers * (1 + len(lean._buckets(widths, 4))) if setting == "float32" else 0)

@@ -289,10 +289,10 @@ class _Weights:
 
     def rest(self, i: int, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         """Output projection, residual, MLP, residual (each residual add fused into its matmul; mixed
-        precision: the compute-dtype outputs added to the float32 residual stream). With gradients, outside
-        mixed precision, the MLP's second half is :class:`_SwiGLUDown` (saves a quarter fewer values)."""
+        precision: the compute-dtype outputs added to the float32 residual stream). With gradients in float32
+        compute, the MLP's second half is :class:`_SwiGLUDown` (a quarter fewer saved values)."""
         w = self.layers[i]
-        if self.mixed or not torch.is_grad_enabled():
+        if self.cd != torch.float32 or not torch.is_grad_enabled():
             return _rest(x, attn_out, w["wo"], w["bo"], w["ln2"], w["wgu"], w["wd"], self._eps, self.cd, False)
         shape = x.shape
         x, gu = _gate_up(x, attn_out, w["wo"], w["bo"], w["ln2"], w["wgu"], self._eps, self.cd, False)
@@ -323,7 +323,8 @@ def _prompt_pass(w: _Weights, ids: torch.Tensor, mask: torch.Tensor):
 
 def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
                    completion_mask: torch.Tensor, temperature: float = 1.0, entropy_grad: bool = False,
-                   buckets: int = 4, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   buckets: int = 4, dtype: torch.dtype | None = None,
+                   entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities and entropies of the completion tokens, as ``r1.rl.logprobs.token_logprobs``
     computes them, with each distinct prompt run once and no compute on completion padding.
 
@@ -340,8 +341,11 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
             mixed precision on CPU.
         dtype: compute dtype of the matmuls (None = the weights'; ``torch.bfloat16`` on float32 weights =
             bf16 mixed precision, see :class:`_Weights`).
+        entropy: compute the entropies (False: None in their place, and no pass over the [n, width, V]
+            probabilities for them; the reference's forward needs none).
     Returns:
-        logp [N, L] and entropy [N, L] in nats, 0 on completion padding (with grad if the model has it).
+        logp [N, L] and entropy [N, L] (None when ``entropy`` is False) in nats, 0 on completion padding (with
+        grad if the model has it).
     Raises:
         ValueError: a model :func:`unsupported` names a reason for.
     """
@@ -379,15 +383,17 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
         logits = w.head(h) / temperature  # [n, width, V]
         logp_all = torch.log_softmax(logits, -1)
         lp = logp_all.gather(-1, completion_ids[rows, :width].unsqueeze(-1)).squeeze(-1)
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            ent = -(logp_all.exp() * logp_all).sum(-1)
         logps.append(F.pad(lp, (0, L - width)))
-        ents.append(F.pad(ent, (0, L - width)))
+        if entropy:
+            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                ent = -(logp_all.exp() * logp_all).sum(-1)
+            ents.append(F.pad(ent, (0, L - width)))
     inverse = torch.argsort(order)
     mask = completion_mask.to(logps[0].dtype)
     # index_select, not x[idx]: its backward (index_add) sums in a fixed order; x[idx]'s (index_put with
     # accumulate) does not on CPU, and bit-identical reruns of a seed need it
-    return torch.cat(logps).index_select(0, inverse) * mask, torch.cat(ents).index_select(0, inverse) * mask
+    ent_out = torch.cat(ents).index_select(0, inverse) * mask if entropy else None
+    return torch.cat(logps).index_select(0, inverse) * mask, ent_out
 
 
 def _completion_pass(w: _Weights, ids: torch.Tensor, own: torch.Tensor, kv, p_mask, p_len) -> torch.Tensor:
@@ -766,8 +772,8 @@ class _SwiGLUDown(torch.autograd.Function):
     values, a quarter of a layer's (8 x 320 in float32: 753 -> 567 MB saved for the benchmark's 64 rows). The
     backward recomputes them (two passes over [m, I]) and writes the gradients of g and u into one [m, 2I] tensor
     (no concatenation): as fast as autograd's backward in float32 on 2 CPU cores (7.4 vs 7.5 ms at m = 3,400,
-    4 x 128), ~10% slower in bf16, where the recomputation costs more than the concatenation, so bf16 mixed
-    precision keeps autograd's. Gradients equal autograd's up to float rounding (tests/test_lean.py)."""
+    4 x 128), ~10% slower in bf16, where the recomputation costs more than the concatenation, so the lean forward
+    uses it in float32 compute only (bf16 mixed precision and bf16 models keep autograd's). Gradients equal autograd's up to float rounding (tests/test_lean.py)."""
 
     @staticmethod
     def forward(ctx, x, gu, wd):

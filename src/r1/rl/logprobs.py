@@ -9,7 +9,8 @@ from torch.utils.checkpoint import checkpoint
 def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
                    completion_mask: torch.Tensor, temperature: float = 1.0,
                    entropy_grad: bool = False, chunk_size: int | None = None,
-                   lean: bool = False, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   lean: bool = False, dtype: torch.dtype | None = None,
+                   entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities and entropies of the completion tokens, at the sampling temperature.
 
     Position ids follow the attention mask, as ``generate`` assigns them to
@@ -33,9 +34,11 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
         dtype: compute dtype; ``torch.bfloat16`` on a float32 model = bf16 mixed precision (the lean
             forward's own casts, or ``torch.autocast`` around the transformers forward; the results are
             float32 either way); None = the model's.
+        entropy: compute the entropies; False returns None in their place and skips their pass over the
+            [N, L, V] probabilities (the reference's and the old policy's forwards need none).
     Returns:
         logp [N, L] (with grad if the model has it) and entropy [N, L] (detached unless
-        ``entropy_grad``), in nats. The lean path returns 0 on completion padding.
+        ``entropy_grad``; None unless ``entropy``), in nats. The lean path returns 0 on completion padding.
     Raises:
         ValueError: ``chunk_size`` on a model without a decoder to split off or with logit soft-capping;
             a ``dtype`` the lean forward refuses.
@@ -44,10 +47,10 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
         from r1.models import lean as lean_forward
         if lean_forward.unsupported(model, training=torch.is_grad_enabled()) is None:
             return lean_forward.token_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                               temperature, entropy_grad, dtype=dtype)
+                                               temperature, entropy_grad, dtype=dtype, entropy=entropy)
     with autocast(model, dtype):
         return _transformers_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
-                                      entropy_grad, chunk_size)
+                                      entropy_grad, chunk_size, entropy)
 
 
 def autocast(model, dtype: torch.dtype | None):
@@ -59,7 +62,7 @@ def autocast(model, dtype: torch.dtype | None):
 
 
 def _transformers_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
-                           entropy_grad, chunk_size):
+                           entropy_grad, chunk_size, entropy=True):
     """:func:`token_logprobs` by the model's own forward (padded rows, prompt recomputed per row)."""
     input_ids = torch.cat([prompt_ids, completion_ids], 1)  # [N, P+L]
     attention = torch.cat([prompt_mask, completion_mask.long()], 1)  # [N, P+L]
@@ -69,32 +72,37 @@ def _transformers_logprobs(model, prompt_ids, prompt_mask, completion_ids, compl
         logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
                        use_cache=False).logits
         logits = logits[:, prompt_ids.shape[1] - 1:-1]  # [N, L, V]
-        return _head_logprobs(logits, completion_ids, temperature, want_entropy_grad)
+        return _head_logprobs(logits, completion_ids, temperature, want_entropy_grad, entropy)
     hidden = _decoder(model)(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
                              use_cache=False).last_hidden_state
     hidden = hidden[:, prompt_ids.shape[1] - 1:-1]  # [N, L, H]: the states that predict each completion token
     head = model.get_output_embeddings()
 
-    def chunk(h, ids):  # h [N, c, H], ids [N, c] -> logp, entropy [N, c]
-        return _head_logprobs(head(h), ids, temperature, want_entropy_grad)
+    def chunk(h, ids):  # h [N, c, H], ids [N, c] -> logp [N, c] (and entropy [N, c] when ``entropy``)
+        lp, ent = _head_logprobs(head(h), ids, temperature, want_entropy_grad, entropy)
+        return (lp, ent) if entropy else lp
 
     logps, entropies = [], []
     for s in range(0, completion_ids.shape[1], chunk_size):
         h, ids = hidden[:, s:s + chunk_size], completion_ids[:, s:s + chunk_size]
         if torch.is_grad_enabled() and h.requires_grad:
-            lp, ent = checkpoint(chunk, h, ids, use_reentrant=False)
+            out = checkpoint(chunk, h, ids, use_reentrant=False)
         else:
-            lp, ent = chunk(h, ids)
-        logps.append(lp)
-        entropies.append(ent)
-    return torch.cat(logps, 1), torch.cat(entropies, 1)
+            out = chunk(h, ids)
+        logps.append(out[0] if entropy else out)
+        if entropy:
+            entropies.append(out[1])
+    return torch.cat(logps, 1), torch.cat(entropies, 1) if entropy else None
 
 
 def _head_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float,
-                   entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """logp and entropy [N, c] of ``ids`` [N, c] from ``logits`` [N, c, V], in float32."""
+                   entropy_grad: bool, entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """logp and entropy [N, c] (None unless ``entropy``) of ``ids`` [N, c] from ``logits`` [N, c, V], in
+    float32."""
     logp_all = torch.log_softmax(logits.float() / temperature, -1)  # [N, c, V]
     logp = logp_all.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # [N, c]
+    if not entropy:
+        return logp, None
     with torch.set_grad_enabled(entropy_grad):
         entropy = -(logp_all.exp() * logp_all).sum(-1)  # [N, c]
     return logp, entropy
@@ -128,7 +136,7 @@ def reference_logprobs(policy, reference, prompt_ids: torch.Tensor, prompt_mask:
     args = (prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)
     with torch.no_grad():
         if reference is not None:
-            return token_logprobs(reference, *args, chunk_size=chunk_size, lean=lean, dtype=dtype)[0]
+            return token_logprobs(reference, *args, chunk_size=chunk_size, lean=lean, dtype=dtype, entropy=False)[0]
         if not hasattr(policy, "disable_adapter"):
             raise ValueError("reference=None needs a LoRA (peft) policy whose adapters can be disabled; "
                              "pass a reference model")
@@ -136,6 +144,6 @@ def reference_logprobs(policy, reference, prompt_ids: torch.Tensor, prompt_mask:
         policy.eval()
         try:
             with policy.disable_adapter():
-                return token_logprobs(policy, *args, chunk_size=chunk_size, dtype=dtype)[0]
+                return token_logprobs(policy, *args, chunk_size=chunk_size, dtype=dtype, entropy=False)[0]
         finally:
             policy.train(was_training)

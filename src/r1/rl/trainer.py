@@ -108,16 +108,17 @@ UPDATE_ACTIVATION_MB = 256  # CPU: activations a micro-batch may hold, estimated
 def auto_micro_batch_tokens(model, dtype: torch.dtype | None = None, lean: bool = True) -> int:
     """Tokens per micro-batch holding about ``UPDATE_ACTIVATION_MB`` of activations on CPU, from the
     model's depth and widths: ~(12 hidden + 3 intermediate) values saved per token and layer when the lean
-    forward runs the update without mixed precision (``lean``: its MLP saves only gate | up,
+    forward runs the update on float32 weights without mixed precision (``lean``: its MLP saves only gate | up,
     :class:`r1.models.lean._SwiGLUDown`; 8 x 320 in float32, 64 rows: 225 KB per completion token, 299 KB
-    before that), ~(12 hidden + 5 intermediate) with the transformers forward or under bf16 mixed precision.
+    before that), ~(12 hidden + 5 intermediate) otherwise (the transformers forward, bf16 mixed precision, a
+    model held in bf16).
 
     Both rules are fitted to the peak RSS of whole runs of the lean update on this machine (Qwen2 4 x 128
     and 8 x 320 with a 105-token vocabulary):
 
     - no mixed precision: the weights' element size per value (4 bytes in float32) plus ~40 KB per token
       whatever the size (logits, masks, bucket padding, allocator slack): ~82 KB per token at 4 x 128 and
-      ~256 KB at 8 x 320 in float32 (3,196 and 1,024 tokens; ~90 and ~320 KB, 2,788 and 819 tokens, with 5
+      ~256 KB at 8 x 320 in float32 (3,196 and 1,024 tokens; ~94 and ~320 KB, 2,788 and 819 tokens, with 5
       intermediate values, before the lean MLP saved less).
     - bf16 mixed precision (``dtype`` bfloat16 on float32 weights): 3.75 bytes per value (the norms' inputs,
       the attention probabilities and the residual stream are saved in float32 beside bf16 copies) plus 16
@@ -144,7 +145,8 @@ def auto_micro_batch_tokens(model, dtype: torch.dtype | None = None, lean: bool 
     if c is None or not hasattr(c, "hidden_size"):
         return 0
     mixed = dtype is not None and dtype != param.dtype
-    inter = (3 if lean and not mixed else 5) * getattr(c, "intermediate_size", 4 * c.hidden_size)
+    fused = lean and not mixed and param.dtype == torch.float32  # the lean MLP that saves gate | up only
+    inter = (3 if fused else 5) * getattr(c, "intermediate_size", 4 * c.hidden_size)
     values = c.num_hidden_layers * (12 * c.hidden_size + inter)
     if mixed:
         per_token = values * 3.75 + 16 * getattr(c, "vocab_size", 0) + 16 * 1024  # bytes
@@ -153,14 +155,15 @@ def auto_micro_batch_tokens(model, dtype: torch.dtype | None = None, lean: bool 
     return max(256, int(UPDATE_ACTIVATION_MB * 2**20 / per_token))
 
 
-def auto_no_grad_micro_batch_tokens(model, context: int, dtype: torch.dtype | None = None) -> int:
+def auto_no_grad_micro_batch_tokens(model, context: int) -> int:
     """Tokens per micro-batch of a forward without gradients (the reference model's, the old policy's) holding
     about ``UPDATE_ACTIVATION_MB`` on CPU. Such a forward keeps no activations for a backward, only one layer's
     at a time, so it takes far more tokens than a training micro-batch: per token ~4 bytes x (4 intermediate +
     8 hidden + 3 heads x ``context`` (prompt + completion positions, the attention scores, bias and
     probabilities)) plus 16 bytes per vocabulary entry (logits, log-probabilities and their exponentials) plus
-    16 KB of slack. 4 x 128 and 8 x 320 with a 105-token vocabulary: 7,880 and 4,775 tokens at context 120 (a
-    G 8 batch of the benchmark in one pass, instead of 2 and 4-8 training micro-batches); a Qwen2.5-0.5B shape
+    16 KB of slack. 4 x 128 and 8 x 320 with a 105-token vocabulary: 7,880 and 4,775 tokens at context 120, 8,264
+    and 5,061 at the benchmark's 87 (a G 8 batch in one pass, instead of 1 and 4 training micro-batches, 2 and 4-6
+    before :class:`r1.models.lean._SwiGLUDown`); a Qwen2.5-0.5B shape
     (vocabulary 151,936) at context 1,200: 97, raised to the floor of 256 tokens that
     :func:`auto_micro_batch_tokens` also keeps. 0 (whole batch) on a GPU, as there.
 
@@ -235,7 +238,7 @@ def _policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages
     # backward); an explicit update_micro_batch_tokens applies to them too
     context = batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]
     no_grad_budget = (getattr(cfg, "update_micro_batch_tokens", 0)
-                      or auto_no_grad_micro_batch_tokens(policy, context, dtype))
+                      or auto_no_grad_micro_batch_tokens(policy, context))
     ref_all = old_all = None
     if cfg.beta > 0:  # no reference forward at all when beta = 0
         ref_all = _no_grad_logprobs(
@@ -244,7 +247,8 @@ def _policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages
     if cfg.num_iterations > 1:  # computed once per rollout batch (GRPO Algorithm 1, DeepSeekMath)
         with torch.no_grad():
             old_all = _no_grad_logprobs(
-                lambda *a: token_logprobs(policy, *a, cfg.temperature, chunk_size=chunk, lean=lean, dtype=dtype)[0],
+                lambda *a: token_logprobs(policy, *a, cfg.temperature, chunk_size=chunk, lean=lean, dtype=dtype,
+                                          entropy=False)[0],
                 batch, cfg.group_size, no_grad_budget)
     for rows in micro_batches(batch, cfg.group_size, budget):
         mb = _trimmed(batch, rows)
