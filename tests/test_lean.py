@@ -198,7 +198,12 @@ def test_a_loop_torchscript_cannot_compile_runs_eagerly_with_a_warning(monkeypat
     (dict(prompt_mask="short"), r"prompt_mask \(3, 8\)"), (dict(prompt_ids="none"), r"prompt_ids \(0, 9\)"),
     (dict(prompt_ids="empty"), r"prompt_ids \(3, 0\)"), (dict(prompt_mask="float"), "prompt_mask torch.float32"),
     (dict(num_samples=2.5), "num_samples=2.5"), (dict(num_samples=True), "num_samples=True"),
-    (dict(max_new_tokens=float("inf")), "max_new_tokens=inf"), (dict(temperature=float("inf")), "temperature=inf")])
+    (dict(max_new_tokens=float("inf")), "max_new_tokens=inf"), (dict(temperature=float("inf")), "temperature=inf"),
+    (dict(prompt_mask="right"), r"prompt_mask row 1 is \[1, 1, 1, 1, 1, 1, 1, 0\]; expected left padding"),
+    (dict(prompt_mask="zero"), r"prompt_mask row 2 is \[0, 0, 0, 0, 0, 0, 0, 0\]"),
+    (dict(prompt_mask="two"), r"prompt_mask row 0 is \[0, 0, 0, 2, 1, 1, 1, 1\]"),
+    (dict(prompt_ids="oov"), r"token id VOCAB at prompt row 0, position 7; expected ids in \[0, VOCAB\)"),
+    (dict(prompt_ids="negative"), r"token id -1 at prompt row 1, position 7")])
 def test_bad_sampling_arguments_are_refused_in_one_line(bad, match):
     """Each bad argument: a ValueError naming the value and what was expected (temperature 0 used to return
     padding and NaN log-probabilities; num_samples 0 a TorchScript division by zero)."""
@@ -206,8 +211,17 @@ def test_bad_sampling_arguments_are_refused_in_one_line(bad, match):
     pids, pm, _, _ = batch(seed=2)
     args = dict(prompt_ids=pids[:3], prompt_mask=pm[:3], num_samples=2, max_new_tokens=4, temperature=1.0, top_p=1.0)
     args.update(bad)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    match = match.replace("VOCAB", str(vocab))
+    left = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1, 1]])
+    ids = torch.randint(3, 100, (3, 8))
     shapes = {"1-D": (pids[0], pm[0]), "none": (pids[:0], pm[:0]), "short": (pids[:3], pm[:3, 1:]),
-              "empty": (pids[:3, :0], pm[:3, :0]), "float": (pids[:3], pm[:3].float())}
+              "empty": (pids[:3, :0], pm[:3, :0]), "float": (pids[:3], pm[:3].float()),
+              "right": (ids, torch.cat([left[:1], left[1:2].flip(-1), left[2:]])),
+              "zero": (ids, torch.cat([left[:2], torch.zeros(1, 8, dtype=torch.long)])),
+              "two": (ids, torch.cat([left[:1].index_fill(1, torch.tensor([3]), 2), left[1:]])),
+              "oov": (ids.index_fill(1, torch.tensor([7]), vocab), left),
+              "negative": (torch.cat([ids[:1], ids[1:].index_fill(1, torch.tensor([7]), -1)]), left)}
     for key in ("prompt_ids", "prompt_mask"):
         if isinstance(args[key], str):
             args["prompt_ids"], args["prompt_mask"] = shapes[args[key]]

@@ -495,9 +495,10 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
             ``BF16_DECODE_FLOPS`` matmul FLOPs (B * G rows x :func:`_matmul_flops`) runs wholly in float32).
     Raises:
         ValueError: a model :func:`unsupported` names a reason for, a ``dtype`` :class:`_Weights` refuses, prompts
-            that are not two integer (mask: or bool) [B, P] tensors of one shape with B, P >= 1, ``num_samples`` not
-            an int >= 1, ``max_new_tokens`` not an int >= 0, ``temperature`` not finite and > 0, or ``top_p``
-            outside (0, 1].
+            that are not two integer (mask: or bool) [B, P] tensors of one shape with B, P >= 1, a mask row that is
+            not left padding (0s, then one or more 1s to the end; values 0 / 1), a prompt token id outside the
+            model's vocabulary, ``num_samples`` not an int >= 1, ``max_new_tokens`` not an int >= 0,
+            ``temperature`` not finite and > 0, or ``top_p`` outside (0, 1].
     Returns:
         completion_ids [B*G, l] (``pad_id`` after a row's stop token; l <= max_new_tokens is the longest
         completion) and sampler_logp [B*G, l], log p(token) under softmax(logits / temperature) before
@@ -512,6 +513,22 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_sampl
     if prompt_ids.is_floating_point() or prompt_mask.is_floating_point():
         raise ValueError(f"lean sampler: prompt_ids {prompt_ids.dtype}, prompt_mask {prompt_mask.dtype}; expected integer "
                          "token ids and an integer or bool 0/1 mask")
+    m = prompt_mask.bool()
+    left = m.any(-1) & ~(m[:, :-1] & ~m[:, 1:]).any(-1)  # [B]: some 1s, and no 0 after a 1
+    bad = ~left | ((prompt_mask != 0) & (prompt_mask != 1)).any(-1)  # [B]
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        row = prompt_mask[i].tolist()
+        vals = [str(v) for v in row]
+        shown = "[" + ", ".join(vals if len(vals) <= 12 else vals[:6] + ["..."] + vals[-5:]) + "]"
+        raise ValueError(f"lean sampler: prompt_mask row {i} is {shown}; expected left padding: 0s, then one or more "
+                         "1s to the end")
+    vocab = model.get_input_embeddings().weight.shape[0]
+    outside = m & ((prompt_ids < 0) | (prompt_ids >= vocab))
+    if outside.any():
+        i, j = (int(x) for x in outside.nonzero()[0])
+        raise ValueError(f"lean sampler: token id {int(prompt_ids[i, j])} at prompt row {i}, position {j}; "
+                         f"expected ids in [0, {vocab}) (the model's vocabulary)")
     whole = [hasattr(type(v), "__index__") and not isinstance(v, bool) for v in (num_samples, max_new_tokens)]  # numpy ints too
     if not all(whole) or num_samples < 1 or max_new_tokens < 0:
         raise ValueError(f"lean sampler: num_samples={num_samples!r}, max_new_tokens={max_new_tokens!r}; expected ints, "
