@@ -102,6 +102,16 @@ def micro_batches(batch: RolloutBatch, group_size: int, budget: int) -> list[lis
     return out
 
 
+def _cpu_model(model):
+    """(first parameter, config) of a model on CPU whose config gives its widths; config None otherwise (a GPU
+    model, or one without ``hidden_size``): the micro-batch rules then take the whole batch."""
+    param = next(model.parameters())
+    c = getattr(model, "config", None)
+    if param.device.type != "cpu" or c is None or not hasattr(c, "hidden_size"):
+        return param, None
+    return param, c
+
+
 UPDATE_ACTIVATION_MB = 256  # CPU: activations a micro-batch may hold, estimated (update_micro_batch_tokens=0)
 
 
@@ -138,11 +148,8 @@ def auto_micro_batch_tokens(model, dtype: torch.dtype | None = None, lean: bool 
 
     0 (whole batch) on a GPU, where the recipes bound memory with ``logprob_chunk_size`` and gradient
     checkpointing."""
-    param = next(model.parameters())
-    if param.device.type != "cpu":
-        return 0
-    c = getattr(model, "config", None)
-    if c is None or not hasattr(c, "hidden_size"):
+    param, c = _cpu_model(model)
+    if c is None:
         return 0
     mixed = dtype is not None and dtype != param.dtype
     fused = lean and not mixed and param.dtype == torch.float32  # the lean MLP that saves gate | up only
@@ -170,11 +177,8 @@ def auto_no_grad_micro_batch_tokens(model, context: int) -> int:
     One pass instead of many: the 8 x 320 reference forward, G 8, 64 rows in 1 pass 283 ms, in 8 passes of a
     group each 443 ms (fp32, 2 threads, Intel Xeon, 12-05; every pass runs every layer's ~40 operators per
     length bucket)."""
-    param = next(model.parameters())
-    if param.device.type != "cpu":
-        return 0
-    c = getattr(model, "config", None)
-    if c is None or not hasattr(c, "hidden_size"):
+    c = _cpu_model(model)[1]
+    if c is None:
         return 0
     inter = getattr(c, "intermediate_size", 4 * c.hidden_size)
     per_token = (4 * (4 * inter + 8 * c.hidden_size + 3 * c.num_attention_heads * max(int(context), 1))
