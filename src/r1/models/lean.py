@@ -790,7 +790,8 @@ class _SwiGLUDown(torch.autograd.Function):
     backward recomputes them (two passes over [m, I]) and writes the gradients of g and u into one [m, 2I] tensor
     (no concatenation): as fast as autograd's backward in float32 on 2 CPU cores (7.4 vs 7.5 ms at m = 3,400,
     4 x 128), ~10% slower in bf16, where the recomputation costs more than the concatenation, so the lean forward
-    uses it in float32 compute only (bf16 mixed precision and bf16 models keep autograd's). Gradients equal autograd's up to float rounding (tests/test_lean.py)."""
+    uses it in float32 compute only (bf16 mixed precision and bf16 models keep autograd's). Gradients equal
+    autograd's up to float rounding (tests/test_lean.py)."""
 
     @staticmethod
     def forward(ctx, x, gu, wd):
