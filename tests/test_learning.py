@@ -234,6 +234,47 @@ def test_forwards_without_gradients_run_on_their_own_larger_micro_batches(monkey
     assert trainer.auto_no_grad_micro_batch_tokens(model, 10**6) == 256  # the floor
 
 
+def test_training_micro_batch_rule_hand_worked(monkeypatch):
+    """``auto_micro_batch_tokens`` for 4 x 128 (intermediate 384) and 8 x 320 (intermediate 1,024) Qwen2 shapes
+    with a 105-token vocabulary. float32, lean MLP: 4 bytes x layers x (12 hidden + 3 intermediate) + 40 KB per
+    token for 1 GiB: 4 x (1,536 + 1,152) x 4 + 40,960 = 83,968 bytes -> 12,787 tokens; 8 x (3,840 + 3,072) x 4 +
+    40,960 = 262,144 -> 4,096. The transformers forward keeps 5 intermediate values: 96,256 bytes -> 11,155.
+    bf16 mixed precision, 256 MiB: values x 3.75 + 16 x 105 + 16,384: 69,904 -> 3,840 and 286,864 -> 935. A bf16
+    model, 256 MiB, 2 bytes per value and 5 intermediate: 68,608 -> 3,912. The forwards without gradients never
+    take smaller micro-batches than the training ones."""
+    import dataclasses
+
+    import r1.rl.trainer as trainer
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    def qwen2(layers, hidden, inter):
+        return Qwen2ForCausalLM(Qwen2Config(vocab_size=105, hidden_size=hidden, num_hidden_layers=layers,
+                                            num_attention_heads=4, num_key_value_heads=2, intermediate_size=inter))
+    small, large = qwen2(4, 128, 384), qwen2(8, 320, 1024)
+    assert trainer.auto_micro_batch_tokens(small) == 12787
+    assert trainer.auto_micro_batch_tokens(large) == 4096
+    assert trainer.auto_micro_batch_tokens(small, lean=False) == 11155
+    assert trainer.auto_micro_batch_tokens(small, torch.bfloat16) == 3840
+    assert trainer.auto_micro_batch_tokens(large, torch.bfloat16) == 935
+    assert trainer.auto_micro_batch_tokens(small.to(torch.bfloat16)) == 3912
+
+    base = RunConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64, beta=0.04,
+                     group_size=2, max_new_tokens=40)
+    tok = build_tokenizer()
+    policy = build_policy(base, tok, seed=0)
+    reference = build_policy(base, tok, seed=1).requires_grad_(False)
+    groups = [("12*34", ["<answer>408</answer>", "<answer>480</answer>"]), ("7*8", ["<answer>56</answer>", "5"])]
+    batch = concat_rollouts([make_batch(tok, prompt_text(tok, q), cs) for q, cs in groups], tok.pad_token_id)
+    rows_seen = []
+    real = trainer.reference_logprobs
+    monkeypatch.setattr(trainer, "reference_logprobs",
+                        lambda p, r, ids, *a, **k: rows_seen.append(ids.shape[0]) or real(p, r, ids, *a, **k))
+    monkeypatch.setattr(trainer, "auto_no_grad_micro_batch_tokens", lambda *a, **k: 1)  # one group per pass
+    policy_update(policy, reference, torch.optim.SGD(policy.parameters(), lr=0.0), batch,
+                  torch.tensor([1.0, -1.0, 0.5, -0.5]), dataclasses.replace(base))
+    assert rows_seen == [4]  # the training micro-batch (the whole batch) bounds the reference's pass
+
+
 def test_rl_step_samples_through_the_engine_and_syncs_weights_after_the_update():
     """rl_step asks its rollout engine for B prompts x G completions with the config's length and
     temperature, and hands it the updated policy once per step, after the optimizer step."""

@@ -112,39 +112,42 @@ def _cpu_model(model):
     return param, c
 
 
-UPDATE_ACTIVATION_MB = 256  # CPU: activations a micro-batch may hold, estimated (update_micro_batch_tokens=0)
+UPDATE_ACTIVATION_MB = 1024  # CPU, float32 compute: activations a training micro-batch may hold, estimated
+BF16_UPDATE_ACTIVATION_MB = 256  # CPU, bf16 compute (mixed precision or a bf16 model): the same
+NO_GRAD_ACTIVATION_MB = 256  # CPU: what a forward without gradients may hold (reference, old policy)
 
 
 def auto_micro_batch_tokens(model, dtype: torch.dtype | None = None, lean: bool = True) -> int:
-    """Tokens per micro-batch holding about ``UPDATE_ACTIVATION_MB`` of activations on CPU, from the
-    model's depth and widths: ~(12 hidden + 3 intermediate) values saved per token and layer when the lean
-    forward runs the update on float32 weights without mixed precision (``lean``: its MLP saves only gate | up,
-    :class:`r1.models.lean._SwiGLUDown`; 8 x 320 in float32, 64 rows: 225 KB per completion token, 299 KB
-    before that), ~(12 hidden + 5 intermediate) otherwise (the transformers forward, bf16 mixed precision, a
-    model held in bf16).
+    """Tokens per training micro-batch (update_micro_batch_tokens=0) holding about ``UPDATE_ACTIVATION_MB`` of
+    activations on CPU in float32 compute, ``BF16_UPDATE_ACTIVATION_MB`` in bf16 compute (mixed precision or a
+    bf16 model), from the model's depth and widths: ~(12 hidden + 3 intermediate) values saved per token and
+    layer when the lean forward runs the update on float32 weights without mixed precision (``lean``: its MLP
+    saves only gate | up, :class:`r1.models.lean._SwiGLUDown`; 8 x 320 in float32, 64 rows: 225 KB per
+    completion token, 299 KB before that), ~(12 hidden + 5 intermediate) otherwise (the transformers forward,
+    bf16 mixed precision, a model held in bf16).
 
     Both rules are fitted to the peak RSS of whole runs of the lean update on this machine (Qwen2 4 x 128
     and 8 x 320 with a 105-token vocabulary):
 
     - no mixed precision: the weights' element size per value (4 bytes in float32) plus ~40 KB per token
       whatever the size (logits, masks, bucket padding, allocator slack): ~82 KB per token at 4 x 128 and
-      ~256 KB at 8 x 320 in float32 (3,196 and 1,024 tokens; ~94 and ~320 KB, 2,788 and 819 tokens, with 5
-      intermediate values, before the lean MLP saved less).
-    - bf16 mixed precision (``dtype`` bfloat16 on float32 weights): 3.75 bytes per value (the norms' inputs,
-      the attention probabilities and the residual stream are saved in float32 beside bf16 copies) plus 16
-      bytes per vocabulary entry (float32 logits, log-probabilities, probabilities and their gradient) plus
-      16 KB per token (allocator slack, the sampler lanes' thread arena): 3,840 tokens at 4 x 128, 935 at
-      8 x 320 (one or two groups of 8). Mixed precision keeps autograd's MLP and 5 intermediate values: with
-      the lean MLP and 3 values (1,190 tokens at 8 x 320) the 10M / 0.04 / 8 process peaked at 1,074 MB
-      instead of 974, no faster (12-05). At 4 x 128, G 16, the 16 KB make micro-batches of 4 + 4 groups instead
-      of 5 + 3: peak 760 MB instead of 816-830 MB with the laned sampler (TRL 815-840), update no slower
-      (0.220 vs 0.233 s). At 8 x 320, on 11-30 (AMD EPYC), a 3-group micro-batch (~1,460
-      tokens) made the process peak at 1,190-1,370 MB against 900-990 MB at 1-2 groups; on 12-05 (Intel Xeon,
-      AMX), at beta 0.04 / G 8, 992 tokens (without the 16 KB) gave update 0.93-0.95 s and 908-910 MB, 745 tokens
-      (5 bytes per value) 1.13 s and 961 MB, 1,200 tokens 0.89 s and 1,100 MB, 935 tokens 1.421 s per step and
-      972 MB against 992's 1.437 s and 940 MB in one later session. At 4 x 128 the whole G 8 batch in one
-      micro-batch peaks no higher (620-640 MB) than two (625-680 MB) and each further micro-batch costs
-      ~12 ms of kernel launches.
+      256 KB at 8 x 320 in float32, so 12,787 and 4,096 tokens for 1 GB (the main job's 16 x 8 rows and the
+      benchmark's G 16 batch at 4 x 128 in one micro-batch, a G 8 batch at 8 x 320 in one and G 16 in two).
+      Each micro-batch pass costs: on 12-05 (Intel Xeon, 2 threads, alternating processes), with 256 MB (3,196
+      and 1,024 tokens) instead of 1 GB, the 8 x 320 update at beta 0.04 / G 8 took 1.49-1.66 s instead of
+      1.37-1.51 s (peak RSS 988-1,013 MB instead of 1,409-1,428; TRL 1,534-1,604), at beta 0 / G 16 2.28-2.39 s
+      instead of 1.95-2.17 s (1,012-1,045 MB instead of 1,481-1,515; TRL ~2,240), and the 4 x 128 update at
+      0.04 / G 16 0.46-0.47 s instead of 0.41-0.44 s (673-683 MB instead of 808-825; TRL ~1,030).
+    - bf16 (mixed precision, ``dtype`` bfloat16 on float32 weights, or a bf16 model): 3.75 bytes per value (the
+      norms' inputs, the attention probabilities and the residual stream are saved in float32 beside bf16
+      copies) plus 16 bytes per vocabulary entry (float32 logits, log-probabilities, probabilities and their
+      gradient) plus 16 KB per token (allocator slack, the sampler lanes' thread arena), for 256 MB: 3,840 tokens
+      at 4 x 128, 935 at 8 x 320 (one or two groups of 8). oneDNN compiles and keeps a bf16 kernel per matmul
+      shape, so larger bf16 micro-batches cost memory for little time: at 8 x 320, beta 0.04 / G 8 (12-05),
+      1,200 tokens gave update 0.89 s and 1,100 MB against 0.93-0.95 s and 908-910 MB at 992 tokens (TRL's bf16
+      process: ~1,170 MB), and with the lean MLP's 3 values (1,190 tokens) 1,074 MB instead of 974, no faster.
+      At 4 x 128, G 16, the 16 KB make micro-batches of 4 + 4 groups instead of 5 + 3: peak 760 MB instead of
+      816-830 MB with the laned sampler (TRL 815-840), update no slower (0.220 vs 0.233 s).
 
     0 (whole batch) on a GPU, where the recipes bound memory with ``logprob_chunk_size`` and gradient
     checkpointing."""
@@ -159,20 +162,21 @@ def auto_micro_batch_tokens(model, dtype: torch.dtype | None = None, lean: bool 
         per_token = values * 3.75 + 16 * getattr(c, "vocab_size", 0) + 16 * 1024  # bytes
     else:
         per_token = values * param.element_size() + 40 * 1024
-    return max(256, int(UPDATE_ACTIVATION_MB * 2**20 / per_token))
+    budget = BF16_UPDATE_ACTIVATION_MB if mixed or param.dtype == torch.bfloat16 else UPDATE_ACTIVATION_MB
+    return max(256, int(budget * 2**20 / per_token))
 
 
 def auto_no_grad_micro_batch_tokens(model, context: int) -> int:
     """Tokens per micro-batch of a forward without gradients (the reference model's, the old policy's) holding
-    about ``UPDATE_ACTIVATION_MB`` on CPU. Such a forward keeps no activations for a backward, only one layer's
+    about ``NO_GRAD_ACTIVATION_MB`` on CPU. Such a forward keeps no activations for a backward, only one layer's
     at a time, so it takes far more tokens than a training micro-batch: per token ~4 bytes x (4 intermediate +
     8 hidden + 3 heads x ``context`` (prompt + completion positions, the attention scores, bias and
     probabilities)) plus 16 bytes per vocabulary entry (logits, log-probabilities and their exponentials) plus
     16 KB of slack. 4 x 128 and 8 x 320 with a 105-token vocabulary: 7,880 and 4,775 tokens at context 120, 8,264
-    and 5,061 at the benchmark's 87 (a G 8 batch in one pass, instead of 1 and 4 training micro-batches, 2 and 4-6
-    before :class:`r1.models.lean._SwiGLUDown`); a Qwen2.5-0.5B shape
-    (vocabulary 151,936) at context 1,200: 97, raised to the floor of 256 tokens that
-    :func:`auto_micro_batch_tokens` also keeps. 0 (whole batch) on a GPU, as there.
+    and 5,061 at the benchmark's 87 (a G 8 batch in one pass); a Qwen2.5-0.5B shape (vocabulary 151,936) at
+    context 1,200: 97, raised to the floor of 256 tokens that :func:`auto_micro_batch_tokens` also keeps. The
+    update takes the larger of this and :func:`auto_micro_batch_tokens` (a training micro-batch holds more per
+    token than a forward without gradients: float32 at 4 x 128, 12,787 tokens). 0 (whole batch) on a GPU, as there.
 
     One pass instead of many: the 8 x 320 reference forward, G 8, 64 rows in 1 pass 283 ms, in 8 passes of a
     group each 443 ms (fp32, 2 threads, Intel Xeon, 12-05; every pass runs every layer's ~40 operators per
@@ -183,7 +187,7 @@ def auto_no_grad_micro_batch_tokens(model, context: int) -> int:
     inter = getattr(c, "intermediate_size", 4 * c.hidden_size)
     per_token = (4 * (4 * inter + 8 * c.hidden_size + 3 * c.num_attention_heads * max(int(context), 1))
                  + 16 * getattr(c, "vocab_size", 0) + 16 * 1024)
-    return max(256, int(UPDATE_ACTIVATION_MB * 2**20 / per_token))
+    return max(256, int(NO_GRAD_ACTIVATION_MB * 2**20 / per_token))
 
 
 def _no_grad_logprobs(fn, batch: RolloutBatch, group_size: int, budget: int) -> torch.Tensor:
@@ -238,11 +242,11 @@ def _policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages
     total_tokens, total_rows = loss_mask.sum().clamp(min=1.0), loss_mask.shape[0]
     lean_update = lean and not chunk and unsupported(policy, training=True) is None
     budget = getattr(cfg, "update_micro_batch_tokens", 0) or auto_micro_batch_tokens(policy, dtype, lean_update)
-    # the forwards without gradients run on their own, larger micro-batches (they hold no activations for a
-    # backward); an explicit update_micro_batch_tokens applies to them too
+    # the forwards without gradients run on their own micro-batches, never smaller than the training ones (they
+    # hold no activations for a backward); an explicit update_micro_batch_tokens applies to them too
     context = batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]
     no_grad_budget = (getattr(cfg, "update_micro_batch_tokens", 0)
-                      or auto_no_grad_micro_batch_tokens(policy, context))
+                      or max(budget, auto_no_grad_micro_batch_tokens(policy, context)))
     ref_all = old_all = None
     if cfg.beta > 0:  # no reference forward at all when beta = 0
         ref_all = _no_grad_logprobs(
