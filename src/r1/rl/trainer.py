@@ -135,7 +135,7 @@ def auto_micro_batch_tokens(model, dtype: torch.dtype | None = None, lean: bool 
       benchmark's G 16 batch at 4 x 128 in one micro-batch, a G 8 batch at 8 x 320 in one and G 16 in two).
       Each micro-batch pass costs: on 12-05 (Intel Xeon, 2 threads, alternating processes), with 256 MB (3,196
       and 1,024 tokens) instead of 1 GB, the 8 x 320 update at beta 0.04 / G 8 took 1.49-1.66 s instead of
-      1.37-1.51 s (peak RSS 988-1,013 MB instead of 1,409-1,428; TRL 1,534-1,604), at beta 0 / G 16 2.28-2.39 s
+      1.37-1.51 s (peak RSS 988-1,013 MB instead of 1,409-1,428; TRL 1,492-1,604), at beta 0 / G 16 2.28-2.39 s
       instead of 1.95-2.17 s (1,012-1,045 MB instead of 1,481-1,515; TRL ~2,240), and the 4 x 128 update at
       0.04 / G 16 0.46-0.47 s instead of 0.41-0.44 s (673-683 MB instead of 808-825; TRL ~1,030).
     - bf16 (mixed precision, ``dtype`` bfloat16 on float32 weights, or a bf16 model): 3.75 bytes per value (the
