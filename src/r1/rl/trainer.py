@@ -241,12 +241,12 @@ def _policy_update(policy, reference, optimizer, batch: RolloutBatch, advantages
     parts = []
     total_tokens, total_rows = loss_mask.sum().clamp(min=1.0), loss_mask.shape[0]
     lean_update = lean and not chunk and unsupported(policy, training=True) is None
-    budget = getattr(cfg, "update_micro_batch_tokens", 0) or auto_micro_batch_tokens(policy, dtype, lean_update)
+    explicit = getattr(cfg, "update_micro_batch_tokens", 0)
+    budget = explicit or auto_micro_batch_tokens(policy, dtype, lean_update)
     # the forwards without gradients run on their own micro-batches, never smaller than the training ones (they
     # hold no activations for a backward); an explicit update_micro_batch_tokens applies to them too
     context = batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]
-    no_grad_budget = (getattr(cfg, "update_micro_batch_tokens", 0)
-                      or max(budget, auto_no_grad_micro_batch_tokens(policy, context)))
+    no_grad_budget = explicit or max(budget, auto_no_grad_micro_batch_tokens(policy, context))
     ref_all = old_all = None
     if cfg.beta > 0:  # no reference forward at all when beta = 0
         ref_all = _no_grad_logprobs(
