@@ -86,6 +86,9 @@ def test_eval_every_logs_pass_at_1_and_base_from_reuses_the_base(tmp_path, capsy
     assert "copied from" in capsys.readouterr().out
     base_b = tmp_path / "b" / "checkpoints" / "base"
     assert (base_b / "model.safetensors").read_bytes() == (base_a / "model.safetensors").read_bytes()
+    report_a, report_b = ((tmp_path / n / "report.md").read_text() for n in "ab")
+    assert "by an earlier run (copied from" not in report_a
+    assert f"by an earlier run (copied from `{base_a}`)" in report_b
     read = lambda name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     a, b = read("a"), read("b")
     train = lambda r: {k: v for k, v in r.items() if not k.startswith(("time/", "eval/"))}  # noqa: E731
@@ -102,7 +105,8 @@ def test_eval_every_logs_pass_at_1_and_base_from_reuses_the_base(tmp_path, capsy
 
 @pytest.mark.parametrize("arg, needle", [
     ("group_size=1", "group_size=1: expected >= 2"),
-    ("bogus_key=3", "unknown config key 'bogus_key'"),
+    ("bogus_key=3", "unknown config key 'bogus_key'; known keys: adv_baseline"),  # nothing close: no guess
+    ("lrr=1e-5", "unknown config key 'lrr'; did you mean lr or lora_r? known keys:"),
     ("lr=fast", "lr='fast': expected float"),
     ("task=chess", "task='chess'"),
     ("digits=[2]", "digits=[2]"),

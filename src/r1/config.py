@@ -12,6 +12,7 @@ expected; the CLI prints it and exits with code 2.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import typing
 from dataclasses import dataclass, field
@@ -362,7 +363,9 @@ _HINTS = typing.get_type_hints(RunConfig)
 def _coerce(key: str, value: Any) -> Any:
     """Return ``value`` as the type of field ``key``; raise ConfigError if it cannot be."""
     if key not in _FIELDS:
-        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(sorted(_FIELDS))}")
+        near = difflib.get_close_matches(key, list(_FIELDS), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(near)}? " if near else ""
+        raise ConfigError(f"unknown config key {key!r}; {hint}known keys: {', '.join(sorted(_FIELDS))}")
     want = _HINTS[key]
     if isinstance(value, str) and want is not str:
         value = yaml.safe_load(value) if value.strip() else value

@@ -91,6 +91,8 @@ def write_report(run_dir: Path, cfg, extra: dict | None = None) -> Path:
     else:
         lines = [f"# Run `{run_dir.name}`: R1-Zero on {cfg.task}, from scratch", ""]
     how_long = f"for {pre['steps']} steps ({pre['seconds'] / 60:.1f} min)" if pre.get("seconds") else "briefly"
+    if cfg.base_from:  # pretrained by an earlier run and copied here (run.py), not in this run's wall time
+        how_long += f" by an earlier run (copied from `{cfg.base_from}`)"
     lines += [] if cfg.model_path else [
         f"The base model is a tiny Llama-class decoder pretrained {how_long} on a generated corpus in the "
         "R1-Zero template: it stands in for R1-Zero's pretrained base. A share of that corpus "
