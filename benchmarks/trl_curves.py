@@ -3,6 +3,7 @@
     make demo                                             # the main job: runs/r1-zero-mult (its base and config)
     .venv/bin/pip install "trl==1.16.0"                   # benchmark-only (pip install -e ".[bench]")
     .venv/bin/python benchmarks/trl_curves.py --run runs/r1-zero-mult --steps 60 --out docs/img/trl-curves
+    .venv/bin/python benchmarks/trl_curves.py --seeds 0,1,2,3 --eval-k 8 --out docs/img/trl-curves   # over seeds
 
 Both trainers start from the run's ``checkpoints/base`` and see the same prompts in the same order (the
 multiplication problems r1's trainer draws at each step, held-out problems excluded), with the run's
@@ -13,7 +14,11 @@ step per rollout batch, and the same reward functions (accuracy + format_weight 
 as r1 grades them). Per step: training accuracy, mean reward, completion length, seconds. At the end, both
 final policies are evaluated by r1's protocol (held-out problems x k samples at T 0.6, top-p 0.95).
 
-Writes OUT.json (every step of both), OUT.md (summary table) and OUT.png (curves).
+Each seed (``--seeds``; default the run's) is one pair of runs: the seed picks the prompts and both
+trainers' sampling streams, and both final policies are evaluated on the same held-out problems, so r1 minus
+TRL is paired per problem within a seed and per seed across seeds.
+
+Writes OUT.json (every step of both, per seed), OUT.md (summary table) and OUT.png (curves).
 """
 
 from __future__ import annotations
@@ -117,22 +122,31 @@ def run_trl(cfg, base_dir: Path, tok, task, heldout: set, steps: int):
     return trainer.model, rows
 
 
-def plot(results: dict, out: Path, window: int = 10) -> None:
+def _mean_se(xs: list) -> tuple:
+    """Mean and standard error of the mean (sample standard deviation / sqrt(n); 0 for one value)."""
+    m = sum(xs) / len(xs)
+    return m, ((sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) ** 0.5 if len(xs) > 1 else 0.0)
+
+
+def plot(per_seed: dict, out: Path, window: int = 10) -> None:
+    """Curves of both trainers: each seed thin, the mean over seeds of the ``window``-step means thick."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def smooth(vals):
+        return [sum(vals[max(0, i - window + 1):i + 1]) / len(vals[max(0, i - window + 1):i + 1]) for i in range(len(vals))]
+
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for name, color in (("trl", "tab:orange"), ("r1", "tab:blue")):
-        rows = results[name]["rows"]
-        steps = [r["step"] for r in rows]
         for ax, key, title in zip(axes, ("accuracy", "reward", "length"),
                                   ("training accuracy", "mean reward (accuracy + format)", "completion length (tokens)")):
-            vals = [r[key] for r in rows]
-            smooth = [sum(vals[max(0, i - window + 1):i + 1]) / len(vals[max(0, i - window + 1):i + 1])
-                      for i in range(len(vals))]
-            ax.plot(steps, vals, color=color, alpha=0.25)
-            ax.plot(steps, smooth, color=color, label=f"{name} ({window}-step mean)")
+            curves = [smooth([r[key] for r in res[name]["rows"]]) for res in per_seed.values()]
+            n = min(len(c) for c in curves)
+            for c in curves:
+                ax.plot(range(1, len(c) + 1), c, color=color, alpha=0.25, linewidth=0.8)
+            ax.plot(range(1, n + 1), [sum(c[i] for c in curves) / len(curves) for i in range(n)], color=color,
+                    label=f"{name} ({window}-step mean" + (f", mean of {len(curves)} seeds)" if len(curves) > 1 else ")"))
             ax.set_title(title)
             ax.set_xlabel("GRPO step")
     axes[0].legend()
@@ -141,13 +155,74 @@ def plot(results: dict, out: Path, window: int = 10) -> None:
     fig.savefig(out.with_suffix(".png"), dpi=110)
 
 
+def compare(cfg, base_dir: Path, tok, task, problems: list, steps: int, eval_k: int) -> dict:
+    """Both trainers from ``base_dir`` for ``steps`` steps at ``cfg`` (its seed picks the prompts and the
+    sampling streams), then r1's evaluation of each final policy on ``problems`` x ``eval_k`` samples."""
+    import dataclasses
+
+    from r1.eval.protocol import evaluate
+
+    heldout = {p.key for p in problems}
+    eval_cfg = dataclasses.replace(cfg, eval_k=eval_k)
+    results = {}
+    for name, fn in (("r1", run_r1), ("trl", run_trl)):
+        t0 = time.time()
+        model, rows = fn(cfg, base_dir, tok, task, heldout, steps)
+        train_s = time.time() - t0
+        model.eval()
+        ev = evaluate(model, tok, task, problems, eval_cfg)
+        summary = ev["summary"]
+        per_problem = [sum(bool(x["correct"]) for x in p["samples"]) / len(p["samples"]) for p in ev["problems"]]
+        results[name] = {"rows": rows, "train_seconds": train_s, "eval": summary,
+                         "pass_se": _mean_se(per_problem)[1], "per_problem": per_problem}
+        print(f"seed {cfg.seed} {name}: {steps} steps in {train_s:.0f} s, pass@1 {summary['pass@1']:.3f}", flush=True)
+    return results
+
+
+def report(per_seed: dict, eval_k: int) -> list:
+    """The Markdown summary: one row per seed and trainer, then r1 minus TRL per seed (paired over the
+    held-out problems) and over seeds (mean ± standard error across seeds)."""
+    lines = ["| seed | trainer | steps | train s | s/step | mean training accuracy, all steps / last 10 | held-out pass@1 "
+             f"(k={eval_k}) ± s.e. | format | readability | mean length |", "|---|---|---|---|---|---|---|---|---|---|"]
+    d_pass, d_train, notes = [], [], []
+    for seed, res in per_seed.items():
+        for name in ("trl", "r1"):
+            r, e = res[name], res[name]["eval"]
+            acc = [x["accuracy"] for x in r["rows"]]
+            lines.append(f"| {seed} | {name} | {len(acc)} | {r['train_seconds']:.0f} | {r['train_seconds'] / len(acc):.2f} | "
+                         f"{sum(acc) / len(acc):.3f} / {sum(acc[-10:]) / len(acc[-10:]):.3f} | {e['pass@1']:.3f} ± "
+                         f"{r['pass_se']:.3f} | {e['format']:.3f} | {e['readability']:.3f} | {e['len_mean']:.1f} |")
+        m, se = _mean_se([a - b for a, b in zip(res["r1"]["per_problem"], res["trl"]["per_problem"])])
+        d_pass.append(m)
+        d_train.append(sum(x["accuracy"] for x in res["r1"]["rows"]) / len(res["r1"]["rows"])
+                       - sum(x["accuracy"] for x in res["trl"]["rows"]) / len(res["trl"]["rows"]))
+        notes.append(f"- seed {seed}: held-out pass@1 {100 * m:+.1f} ± {100 * se:.1f} points (paired over the "
+                     f"{len(res['r1']['per_problem'])} problems); mean training accuracy {100 * d_train[-1]:+.1f} points")
+    lines += ["", "r1 minus TRL:", *notes]
+    if len(per_seed) > 1:
+        (pm, pse), (tm, tse) = _mean_se(d_pass), _mean_se(d_train)
+        lines.append(f"- over the {len(per_seed)} seeds (mean ± s.e. across seeds): held-out pass@1 {100 * pm:+.1f} ± "
+                     f"{100 * pse:.1f} points; mean training accuracy {100 * tm:+.1f} ± {100 * tse:.1f} points")
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", default="runs/r1-zero-mult", help="the main job's run folder (config.yaml, checkpoints/base)")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--eval-k", type=int, default=4, help="samples per held-out problem in the final evaluation")
+    ap.add_argument("--seeds", default="", help="comma-separated seeds, each its own pair of runs (prompts and "
+                    "sampling streams); default: the run's seed")
     ap.add_argument("--out", default="trl-curves", help="OUT.json / OUT.md / OUT.png")
     args = ap.parse_args()
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else []
+    except ValueError:
+        print(f"--seeds={args.seeds!r}: expected comma-separated integers, e.g. 0,1,2", file=sys.stderr)
+        return 2
+    if args.steps < 1 or args.eval_k < 1:
+        print(f"--steps={args.steps} --eval-k={args.eval_k}: expected both >= 1", file=sys.stderr)
+        return 2
     run = Path(args.run)
     base_dir = run / "checkpoints" / "base"
     if not (base_dir / "config.json").exists():
@@ -158,7 +233,6 @@ def main() -> int:
     import torch
 
     from r1.config import load_config
-    from r1.eval.protocol import evaluate
     from r1.models.tokenizer import build_tokenizer
     from r1.run import _eval_sets
     from r1.tasks import make_task
@@ -166,41 +240,17 @@ def main() -> int:
     torch.set_num_threads(2)
     cfg = load_config(run / "config.yaml", [f"rl_steps={args.steps}", "eval_every=0"])
     tok, task = build_tokenizer(), make_task(cfg)
-    problems = _eval_sets(cfg, task)[""]
-    heldout = {p.key for p in problems}
-    eval_cfg = dataclasses.replace(cfg, eval_k=args.eval_k)
-    results = {}
-    for name, fn in (("r1", run_r1), ("trl", run_trl)):
-        t0 = time.time()
-        model, rows = fn(cfg, base_dir, tok, task, heldout, args.steps)
-        train_s = time.time() - t0
-        model.eval()
-        ev = evaluate(model, tok, task, problems, eval_cfg)
-        summary = ev["summary"]
-        per_problem = [sum(bool(x["correct"]) for x in p["samples"]) / len(p["samples"]) for p in ev["problems"]]
-        mean = sum(per_problem) / len(per_problem)
-        se = (sum((x - mean) ** 2 for x in per_problem) / (len(per_problem) - 1) / len(per_problem)) ** 0.5
-        results[name] = {"rows": rows, "train_seconds": train_s, "eval": summary, "pass_se": se,
-                         "per_problem": per_problem}
-        print(f"{name}: {args.steps} steps in {train_s:.0f} s, pass@1 {summary['pass@1']:.3f}", flush=True)
+    problems = _eval_sets(cfg, task)[""]  # the run's held-out problems, whatever the seed
+    per_seed = {}
+    for seed in seeds or [cfg.seed]:
+        per_seed[str(seed)] = compare(dataclasses.replace(cfg, seed=seed), base_dir, tok, task, problems, args.steps,
+                                      args.eval_k)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    plot(results, out)
-    lines = ["| trainer | steps | train s | s/step | mean training accuracy, last 10 steps | held-out pass@1 "
-             f"(k={args.eval_k}) ± s.e. | format | readability | mean length |", "|---|---|---|---|---|---|---|---|---|"]
-    for name in ("trl", "r1"):
-        r = results[name]
-        last = [x["accuracy"] for x in r["rows"][-10:]]
-        e = r["eval"]
-        lines.append(f"| {name} | {len(r['rows'])} | {r['train_seconds']:.0f} | {r['train_seconds'] / len(r['rows']):.2f} | "
-                     f"{sum(last) / len(last):.3f} | {e['pass@1']:.3f} ± {r['pass_se']:.3f} | {e['format']:.3f} | "
-                     f"{e['readability']:.3f} | {e['len_mean']:.1f} |")
-    diff = [a - b for a, b in zip(results["r1"]["per_problem"], results["trl"]["per_problem"])]
-    d_mean = sum(diff) / len(diff)
-    d_se = (sum((x - d_mean) ** 2 for x in diff) / (len(diff) - 1) / len(diff)) ** 0.5
-    lines.append(f"\nr1 minus TRL, held-out pass@1 paired over the {len(diff)} problems: {100 * d_mean:+.1f} "
-                 f"± {100 * d_se:.1f} points.")
+    out.with_suffix(".json").write_text(json.dumps({"steps": args.steps, "eval_k": args.eval_k, "per_seed": per_seed},
+                                                   indent=1))
+    plot(per_seed, out)
+    lines = report(per_seed, args.eval_k)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
