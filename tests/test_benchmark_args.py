@@ -46,3 +46,37 @@ def test_the_command_refuses_in_one_line_with_exit_code_2():
                           timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().count("\n") == 0 and "a finite BETA" in proc.stderr
+
+
+TC_SPEC = importlib.util.spec_from_file_location("trl_curves", Path(__file__).parents[1] / "benchmarks" / "trl_curves.py")
+trl_curves = importlib.util.module_from_spec(TC_SPEC)
+TC_SPEC.loader.exec_module(trl_curves)
+
+
+def _side(accuracies, per_problem):
+    return {"rows": [{"accuracy": a} for a in accuracies], "train_seconds": 2.0 * len(accuracies),
+            "eval": {"pass@1": sum(per_problem) / len(per_problem), "format": 1.0, "readability": 0.5, "len_mean": 60.0},
+            "pass_se": 0.0, "per_problem": per_problem}
+
+
+def test_trl_curves_report_pairs_within_and_across_seeds():
+    """Hand-worked: seed 0, r1 - TRL per problem = (+0.5, 0, +0.25): mean +0.25, squared deviations
+    0.125 in all, s.e. sqrt(0.125 / 2 / 3) = 0.144; seed 1: (-0.25, -0.25, +0.5): mean 0, s.e. sqrt(0.375 / 6) = 0.25. Across seeds: mean +0.125, s.e. 0.125.
+    Training accuracy: seed 0 r1 0.6 vs TRL 0.4 (+20 points), seed 1 0.5 vs 0.5 (0): +10 ± 10 points."""
+    per_seed = {"0": {"r1": _side([0.5, 0.7], [1.0, 0.5, 0.75]), "trl": _side([0.3, 0.5], [0.5, 0.5, 0.5])},
+                "1": {"r1": _side([0.5, 0.5], [0.25, 0.25, 1.0]), "trl": _side([0.4, 0.6], [0.5, 0.5, 0.5])}}
+    lines = trl_curves.report(per_seed, eval_k=4)
+    assert "- seed 0: held-out pass@1 +25.0 ± 14.4 points (paired over the 3 problems); mean training accuracy +20.0 points" in lines
+    assert "- seed 1: held-out pass@1 +0.0 ± 25.0 points (paired over the 3 problems); mean training accuracy +0.0 points" in lines
+    assert lines[-1] == ("- over the 2 seeds (mean ± s.e. across seeds): held-out pass@1 +12.5 ± 12.5 points; "
+                         "mean training accuracy +10.0 ± 10.0 points")
+    assert "| 0 | r1 | 2 | 4 | 2.00 | 0.600 / 0.600 | 0.750 ± 0.000 |" in lines[3]
+
+
+def test_trl_curves_refuses_bad_seeds_in_one_line():
+    import subprocess
+    import sys
+    script = Path(__file__).parents[1] / "benchmarks" / "trl_curves.py"
+    proc = subprocess.run([sys.executable, str(script), "--seeds", "0,x"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == "--seeds='0,x': expected comma-separated integers, e.g. 0,1,2"
