@@ -220,6 +220,9 @@ def main() -> int:
     except ValueError:
         print(f"--seeds={args.seeds!r}: expected comma-separated integers, e.g. 0,1,2", file=sys.stderr)
         return 2
+    if len(set(seeds)) < len(seeds):
+        print(f"--seeds={args.seeds!r}: a seed is repeated; expected distinct seeds", file=sys.stderr)
+        return 2
     if args.steps < 1 or args.eval_k < 1:
         print(f"--steps={args.steps} --eval-k={args.eval_k}: expected both >= 1", file=sys.stderr)
         return 2

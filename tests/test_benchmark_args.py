@@ -73,10 +73,12 @@ def test_trl_curves_report_pairs_within_and_across_seeds():
     assert "| 0 | r1 | 2 | 4 | 2.00 | 0.600 / 0.600 | 0.750 ± 0.000 |" in lines[3]
 
 
-def test_trl_curves_refuses_bad_seeds_in_one_line():
+@pytest.mark.parametrize("seeds, says", [("0,x", "--seeds='0,x': expected comma-separated integers, e.g. 0,1,2"),
+                                         ("1,2,1", "--seeds='1,2,1': a seed is repeated; expected distinct seeds")])
+def test_trl_curves_refuses_bad_seeds_in_one_line(seeds, says):
     import subprocess
     import sys
     script = Path(__file__).parents[1] / "benchmarks" / "trl_curves.py"
-    proc = subprocess.run([sys.executable, str(script), "--seeds", "0,x"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, str(script), "--seeds", seeds], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip() == "--seeds='0,x': expected comma-separated integers, e.g. 0,1,2"
+    assert proc.stderr.strip() == says
