@@ -133,6 +133,7 @@ def plot(per_seed: dict, out: Path, window: int = 10) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     def smooth(vals):
         return [sum(vals[max(0, i - window + 1):i + 1]) / len(vals[max(0, i - window + 1):i + 1]) for i in range(len(vals))]
@@ -146,11 +147,14 @@ def plot(per_seed: dict, out: Path, window: int = 10) -> None:
             for c in curves:
                 ax.plot(range(1, len(c) + 1), c, color=color, alpha=0.25, linewidth=0.8)
             ax.plot(range(1, n + 1), [sum(c[i] for c in curves) / len(curves) for i in range(n)], color=color,
-                    label=f"{name} ({window}-step mean" + (f", mean of {len(curves)} seeds)" if len(curves) > 1 else ")"))
+                    label=name)
             ax.set_title(title)
             ax.set_xlabel("GRPO step")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes[0].legend()
-    fig.suptitle("r1 vs TRL GRPOTrainer from the same base, same prompts and settings")
+    n_seeds = len(per_seed)
+    fig.suptitle("r1 vs TRL GRPOTrainer from the same base, same prompts and settings: trailing "
+                 f"{window}-step means" + (f" (thick: mean of {n_seeds} seeds, thin: each seed)" if n_seeds > 1 else ""))
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=110)
 
@@ -179,9 +183,10 @@ def compare(cfg, base_dir: Path, tok, task, problems: list, steps: int, eval_k: 
     return results
 
 
-def report(per_seed: dict, eval_k: int) -> list:
+def report(per_seed: dict, eval_k: int, window: int = 10) -> list:
     """The Markdown summary: one row per seed and trainer, then r1 minus TRL per seed (paired over the
-    held-out problems) and over seeds (mean ± standard error across seeds)."""
+    held-out problems) and over seeds (mean ± standard error across seeds), and the training accuracy's
+    difference over consecutive ``window``-step windows."""
     lines = ["| seed | trainer | steps | train s | s/step | mean training accuracy, all steps / last 10 | held-out pass@1 "
              f"(k={eval_k}) ± s.e. | format | readability | mean length |", "|---|---|---|---|---|---|---|---|---|---|"]
     d_pass, d_train, notes = [], [], []
@@ -203,6 +208,18 @@ def report(per_seed: dict, eval_k: int) -> list:
         (pm, pse), (tm, tse) = _mean_se(d_pass), _mean_se(d_train)
         lines.append(f"- over the {len(per_seed)} seeds (mean ± s.e. across seeds): held-out pass@1 {100 * pm:+.1f} ± "
                      f"{100 * pse:.1f} points; mean training accuracy {100 * tm:+.1f} ± {100 * tse:.1f} points")
+    steps = min(len(res[n]["rows"]) for res in per_seed.values() for n in ("r1", "trl"))
+    parts = []
+    for lo in range(0, steps, window):
+        hi = min(steps, lo + window)
+
+        def mean_acc(rows):
+            return sum(x["accuracy"] for x in rows[lo:hi]) / (hi - lo)
+
+        wm, wse = _mean_se([mean_acc(res["r1"]["rows"]) - mean_acc(res["trl"]["rows"]) for res in per_seed.values()])
+        parts.append(f"{lo + 1}-{hi} {100 * wm:+.1f}" + (f" ± {100 * wse:.1f}" if len(per_seed) > 1 else ""))
+    lines.append(f"- training accuracy by {window}-step window" + (" (mean ± s.e. across seeds)" if len(per_seed) > 1
+                                                                    else "") + ": " + ", ".join(parts) + " points")
     return lines
 
 

@@ -68,9 +68,12 @@ def test_trl_curves_report_pairs_within_and_across_seeds():
     lines = trl_curves.report(per_seed, eval_k=4)
     assert "- seed 0: held-out pass@1 +25.0 ± 14.4 points (paired over the 3 problems); mean training accuracy +20.0 points" in lines
     assert "- seed 1: held-out pass@1 +0.0 ± 25.0 points (paired over the 3 problems); mean training accuracy +0.0 points" in lines
-    assert lines[-1] == ("- over the 2 seeds (mean ± s.e. across seeds): held-out pass@1 +12.5 ± 12.5 points; "
+    assert lines[-2] == ("- over the 2 seeds (mean ± s.e. across seeds): held-out pass@1 +12.5 ± 12.5 points; "
                          "mean training accuracy +10.0 ± 10.0 points")
     assert "| 0 | r1 | 2 | 4 | 2.00 | 0.600 / 0.600 | 0.750 ± 0.000 |" in lines[3]
+    # windows of one step: step 1 (+20, +10) -> +15 ± 5, step 2 (+20, -10) -> +5 ± 15
+    assert trl_curves.report(per_seed, eval_k=4, window=1)[-1] == (
+        "- training accuracy by 1-step window (mean ± s.e. across seeds): 1-1 +15.0 ± 5.0, 2-2 +5.0 ± 15.0 points")
 
 
 @pytest.mark.parametrize("seeds, says", [("0,x", "--seeds='0,x': expected comma-separated integers, e.g. 0,1,2"),
