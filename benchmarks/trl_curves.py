@@ -128,6 +128,12 @@ def _mean_se(xs: list) -> tuple:
     return m, ((sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) ** 0.5 if len(xs) > 1 else 0.0)
 
 
+def _mean_accuracy(rows: list, lo: int = 0, hi: int | None = None) -> float:
+    """Mean training accuracy of ``rows[lo:hi]`` (per-step dicts with "accuracy")."""
+    part = rows[lo:hi]
+    return sum(x["accuracy"] for x in part) / len(part)
+
+
 def plot(per_seed: dict, out: Path, window: int = 10) -> None:
     """Curves of both trainers: each seed thin, the mean over seeds of the ``window``-step means thick."""
     import matplotlib
@@ -193,14 +199,13 @@ def report(per_seed: dict, eval_k: int, window: int = 10) -> list:
     for seed, res in per_seed.items():
         for name in ("trl", "r1"):
             r, e = res[name], res[name]["eval"]
-            acc = [x["accuracy"] for x in r["rows"]]
-            lines.append(f"| {seed} | {name} | {len(acc)} | {r['train_seconds']:.0f} | {r['train_seconds'] / len(acc):.2f} | "
-                         f"{sum(acc) / len(acc):.3f} / {sum(acc[-10:]) / len(acc[-10:]):.3f} | {e['pass@1']:.3f} ± "
+            n = len(r["rows"])
+            lines.append(f"| {seed} | {name} | {n} | {r['train_seconds']:.0f} | {r['train_seconds'] / n:.2f} | "
+                         f"{_mean_accuracy(r['rows']):.3f} / {_mean_accuracy(r['rows'], -10):.3f} | {e['pass@1']:.3f} ± "
                          f"{r['pass_se']:.3f} | {e['format']:.3f} | {e['readability']:.3f} | {e['len_mean']:.1f} |")
         m, se = _mean_se([a - b for a, b in zip(res["r1"]["per_problem"], res["trl"]["per_problem"])])
         d_pass.append(m)
-        d_train.append(sum(x["accuracy"] for x in res["r1"]["rows"]) / len(res["r1"]["rows"])
-                       - sum(x["accuracy"] for x in res["trl"]["rows"]) / len(res["trl"]["rows"]))
+        d_train.append(_mean_accuracy(res["r1"]["rows"]) - _mean_accuracy(res["trl"]["rows"]))
         notes.append(f"- seed {seed}: held-out pass@1 {100 * m:+.1f} ± {100 * se:.1f} points (paired over the "
                      f"{len(res['r1']['per_problem'])} problems); mean training accuracy {100 * d_train[-1]:+.1f} points")
     lines += ["", "r1 minus TRL:", *notes]
@@ -212,11 +217,8 @@ def report(per_seed: dict, eval_k: int, window: int = 10) -> list:
     parts = []
     for lo in range(0, steps, window):
         hi = min(steps, lo + window)
-
-        def mean_acc(rows):
-            return sum(x["accuracy"] for x in rows[lo:hi]) / (hi - lo)
-
-        wm, wse = _mean_se([mean_acc(res["r1"]["rows"]) - mean_acc(res["trl"]["rows"]) for res in per_seed.values()])
+        wm, wse = _mean_se([_mean_accuracy(res["r1"]["rows"], lo, hi) - _mean_accuracy(res["trl"]["rows"], lo, hi)
+                            for res in per_seed.values()])
         parts.append(f"{lo + 1}-{hi} {100 * wm:+.1f}" + (f" ± {100 * wse:.1f}" if len(per_seed) > 1 else ""))
     lines.append(f"- training accuracy by {window}-step window" + (" (mean ± s.e. across seeds)" if len(per_seed) > 1
                                                                     else "") + ": " + ", ".join(parts) + " points")
