@@ -85,11 +85,11 @@ def reward_total(task, text: str, answer: str) -> float:
 
 
 def run_r1(model_dir: Path, beta: float, G: int, steps: int, overrides: list[str] = ()) -> list[dict]:
-    import torch
     from transformers import AutoModelForCausalLM
 
     from r1.config import load_config
     from r1.models.tokenizer import build_tokenizer
+    from r1.optim import adamw
     from r1.rl.trainer import rl_step
     from r1.tasks.multiplication import MultiplicationTask
 
@@ -99,8 +99,7 @@ def run_r1(model_dir: Path, beta: float, G: int, steps: int, overrides: list[str
     tok, task = build_tokenizer(), MultiplicationTask(2, 2)
     policy = AutoModelForCausalLM.from_pretrained(model_dir)
     reference = AutoModelForCausalLM.from_pretrained(model_dir).eval().requires_grad_(False) if beta > 0 else None
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=LR, betas=(0.9, 0.99),
-                            weight_decay=0.0)
+    opt = adamw([p for p in policy.parameters() if p.requires_grad], lr=LR, betas=(0.9, 0.99), weight_decay=0.0)
     policy.train()
     rows = []
     for step in range(steps):

@@ -40,14 +40,14 @@ def problems_for_step(task, cfg, step: int, heldout: set) -> list:
 
 
 def run_r1(cfg, base_dir: Path, tok, task, heldout: set, steps: int):
-    import torch
     from transformers import AutoModelForCausalLM
 
+    from r1.optim import adamw
     from r1.rl.trainer import rl_step
 
     policy = AutoModelForCausalLM.from_pretrained(base_dir)
     reference = AutoModelForCausalLM.from_pretrained(base_dir).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = adamw(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     policy.train()
     rows = []
     for step in range(steps):

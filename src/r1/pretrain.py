@@ -15,6 +15,7 @@ import random
 import torch
 
 from r1.models.tokenizer import prompt_text
+from r1.optim import adamw
 
 
 def sample_train_problem(task, rng: random.Random, heldout: set):
@@ -95,7 +96,7 @@ def pretrain(model, tokenizer, task, heldout: set, cfg, progress=None) -> dict:
     """
     rng = random.Random(f"{cfg.seed}/pretrain")
     torch.manual_seed(cfg.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, betas=(0.9, 0.95), weight_decay=0.01)
+    optimizer = adamw(model.parameters(), lr=cfg.pretrain_lr, betas=(0.9, 0.95), weight_decay=0.01)
     model.train()
     losses = []
     for step in range(cfg.pretrain_steps):

@@ -29,6 +29,7 @@ from r1.eval.protocol import evaluate, heldout_problems
 from r1.models.hf import LoraSpec, is_lora, load_policy, load_tokenizer, resolve_device
 from r1.models.policy import build_policy, count_parameters
 from r1.models.tokenizer import build_tokenizer
+from r1.optim import adamw
 from r1.pretrain import pretrain
 from r1.report import read_metrics, write_report
 from r1.rl.trainer import append_jsonl, rl_step, save_checkpoint
@@ -201,7 +202,7 @@ def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys, eval_problems=(
     # frozen: KL is taken to the base (R1 Eq. 2); with LoRA the base is the policy with adapters disabled
     reference = None if is_lora(policy) else base.eval().requires_grad_(False)
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    optimizer = adamw(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     start_step, rows = 0, []
     if ckpts:
         state = torch.load(ckpts[-1] / "trainer_state.pt", weights_only=False)

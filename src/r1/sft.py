@@ -49,6 +49,7 @@ import torch
 
 from r1.config import RunConfig, save_config
 from r1.models.prompts import prompt_for, prompt_ids, render_prompt
+from r1.optim import adamw
 from r1.pretrain import lr_at
 
 WARMUP_FRAC = 0.05  # linear warm-up over the first 5% of SFT steps (then cosine to 10%, as pretraining)
@@ -309,7 +310,7 @@ def run_sft(cfg: RunConfig, stage_dir: str | Path, quiet: bool = False) -> dict:
     (stage_dir / "checkpoints").mkdir(exist_ok=True)
     save_config(cfg, stage_dir / "config.yaml")
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.sft_lr, betas=(0.9, 0.95), weight_decay=0.01)
+    optimizer = adamw(params, lr=cfg.sft_lr, betas=(0.9, 0.95), weight_decay=0.01)
     start, metrics = 0, stage_dir / "metrics.jsonl"
     ckpts = _checkpoints(stage_dir)
     if ckpts:  # resume: weights, optimizer and step from the last checkpoint; metrics cut back to it
@@ -317,7 +318,7 @@ def run_sft(cfg: RunConfig, stage_dir: str | Path, quiet: bool = False) -> dict:
         model, tokenizer = load_policy(ckpts[-1], cfg.dtype, cfg.gradient_checkpointing, device=str(
             next(model.parameters()).device))
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.sft_lr, betas=(0.9, 0.95), weight_decay=0.01)
+        optimizer = adamw(params, lr=cfg.sft_lr, betas=(0.9, 0.95), weight_decay=0.01)
         state = torch.load(ckpts[-1] / "trainer_state.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
