@@ -59,3 +59,29 @@ def test_the_implementation_travels_with_the_state_dict():
     again = adamw([w], lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01)
     again.load_state_dict(adamw([w], lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01).state_dict())
     assert again.param_groups[0]["fused"] is True
+
+
+def test_pretraining_builds_its_optimizer_with_adamw(monkeypatch):
+    import r1.pretrain
+    from r1.config import load_config
+    from r1.models.policy import build_policy
+    from r1.models.tokenizer import build_tokenizer
+    from r1.tasks import make_task
+
+    made = []
+
+    def spy(params, **kw):
+        made.append(adamw(params, **kw))
+        return made[-1]
+    monkeypatch.setattr(r1.pretrain, "adamw", spy)
+    cfg = load_config(None, ["hidden_size=32", "num_layers=1", "num_heads=2", "num_kv_heads=1", "intermediate_size=64",
+                             "pretrain_steps=2", "pretrain_batch_size=4", "pretrain_warmup_steps=1"])
+    tok = build_tokenizer()
+    model = build_policy(cfg, tok, 0)
+    before = [p.detach().clone() for p in model.parameters()]
+    r1.pretrain.pretrain(model, tok, make_task(cfg), set(), cfg)
+    (opt,) = made
+    group = opt.param_groups[0]
+    assert (group["fused"], group["betas"], group["weight_decay"]) == (True, (0.9, 0.95), 0.01)
+    assert len(group["params"]) == len(before) and opt.state[group["params"][0]]["step"].item() == 2
+    assert all(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -73,6 +74,10 @@ def test_resume_continues_from_checkpoint(tmp_path, extra):
     resumed = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]
     drop = lambda r: {k: v for k, v in r.items() if not k.startswith("time/")}  # noqa: E731
     assert [drop(r) for r in resumed] == [drop(r) for r in full]
+    # the GRPO optimizer (r1.optim.adamw): fused on CPU, R1-Zero's betas, no weight decay, the recipe's lr
+    group = torch.load(part / "checkpoints" / "step-000003" / "trainer_state.pt", weights_only=False)["optimizer"]["param_groups"][0]
+    assert (group["fused"], tuple(group["betas"]), group["weight_decay"]) == (True, (0.9, 0.99), 0.0)
+    assert group["lr"] == cfg["lr"]
 
 
 def test_eval_every_logs_pass_at_1_and_base_from_reuses_the_base(tmp_path, capsys):

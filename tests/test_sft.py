@@ -159,6 +159,10 @@ def test_resume_from_a_checkpoint_gives_the_same_run(tmp_path, monkeypatch):
     assert read("part") == read("full") and resumed["steps"] == full["steps"] == 8
     w = lambda d: (tmp_path / d / "checkpoints" / "step-000008" / "model.safetensors").read_bytes()  # noqa: E731
     assert w("part") == w("full")
+    # the SFT optimizer (r1.optim.adamw), as saved and resumed: fused on CPU, betas (0.9, 0.95), weight decay 0.01
+    state = torch.load(tmp_path / "part" / "checkpoints" / "step-000008" / "trainer_state.pt", weights_only=False)
+    group = state["optimizer"]["param_groups"][0]
+    assert (group["fused"], tuple(group["betas"]), group["weight_decay"]) == (True, (0.9, 0.95), 0.01)
 
 
 def test_read_traces_rejects_bad_rows(tmp_path):

@@ -13,16 +13,17 @@ def adamw(params: Iterable[torch.Tensor], lr: float, betas: tuple[float, float],
           weight_decay: float) -> torch.optim.AdamW:
     """``torch.optim.AdamW`` over ``params``, fused into one kernel per step where torch has one.
 
-    The update is torch's AdamW (decoupled weight decay, Loshchilov & Hutter 2019, "Decoupled Weight Decay
-    Regularization", Algorithm 2; eps 1e-8, bias-corrected moments): for each parameter p with gradient g at step t,
+    The update is torch's AdamW (after Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization", Algorithm 2,
+    with the decay scaled by the learning rate as torch does it; eps 1e-8, bias-corrected moments): for each parameter
+    p with gradient g at step t,
     p <- p (1 - lr wd); m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
     p <- p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps).
 
     ``fused=True`` when every parameter is a floating-point tensor on CPU or CUDA: one pass over each parameter and
     its two moments instead of a kernel per operation and parameter. The same update up to float rounding. On the
-    2-core CPU of docs/performance.md, in float32: 26.6 -> 6.4 ms per step for a 10M-parameter Qwen2 (97 tensors;
+    2-core CPU of docs/performance.md, in float32: 26.6 -> 6.4 ms per step for a 10M-parameter Qwen2 (98 tensors;
     33 -> 8 ms inside a GRPO step), 2.2 -> 0.6 ms for the main job's 0.8M-parameter policy. Elsewhere (other devices,
-    integer tensors), torch's default implementation.
+    complex parameters), torch's default implementation.
 
     The flag travels in the optimizer's state dict: a run resumed from a checkpoint keeps the implementation it was
     saved with (an older, unfused checkpoint resumes unfused).
@@ -35,7 +36,8 @@ def adamw(params: Iterable[torch.Tensor], lr: float, betas: tuple[float, float],
     Returns:
         the optimizer.
     Raises:
-        ValueError: from torch, for a negative ``lr``, a beta outside [0, 1) or a negative ``weight_decay``.
+        ValueError: from torch, for no parameters, a negative ``lr``, a beta outside [0, 1) or a negative
+            ``weight_decay``.
     """
     params = list(params)
     fused = bool(params) and all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params)
