@@ -75,7 +75,8 @@ def test_resume_continues_from_checkpoint(tmp_path, extra):
     drop = lambda r: {k: v for k, v in r.items() if not k.startswith("time/")}  # noqa: E731
     assert [drop(r) for r in resumed] == [drop(r) for r in full]
     # the GRPO optimizer (r1.optim.adamw): fused on CPU, R1-Zero's betas, no weight decay, the recipe's lr
-    group = torch.load(part / "checkpoints" / "step-000003" / "trainer_state.pt", weights_only=False)["optimizer"]["param_groups"][0]
+    state = torch.load(part / "checkpoints" / "step-000003" / "trainer_state.pt", weights_only=False)
+    group = state["optimizer"]["param_groups"][0]
     assert (group["fused"], tuple(group["betas"]), group["weight_decay"]) == (True, (0.9, 0.99), 0.0)
     assert group["lr"] == cfg["lr"]
 

@@ -40,5 +40,5 @@ def adamw(params: Iterable[torch.Tensor], lr: float, betas: tuple[float, float],
             ``weight_decay``.
     """
     params = list(params)
-    fused = bool(params) and all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params)
-    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
+    fused = all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params)
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
