@@ -132,7 +132,8 @@ def run_trl(model_dir: Path, beta: float, G: int, steps: int, precision: str = "
         texts = [tok.decode([i for i in ids if i not in specials], skip_special_tokens=False) for ids in completion_ids]
         return [reward_total(task, t, a) for t, a in zip(texts, answer)]
 
-    args = GRPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=PROMPTS_PER_STEP * G,
+    scratch = tempfile.TemporaryDirectory()  # TRL's output_dir (nothing is saved there); removed when this returns
+    args = GRPOConfig(output_dir=scratch.name, per_device_train_batch_size=PROMPTS_PER_STEP * G,
                       num_generations=G, max_completion_length=MAX_NEW, temperature=1.0, top_p=1.0, top_k=0,
                       beta=beta, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, epsilon=0.2,
                       loss_type="dapo", num_iterations=1, steps_per_generation=1, max_steps=steps,

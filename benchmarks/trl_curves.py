@@ -89,7 +89,8 @@ def run_trl(cfg, base_dir: Path, tok, task, heldout: set, steps: int):
         return [format_reward(t) for t in texts(prompts, completion_ids)]
 
     B, G = cfg.prompts_per_step, cfg.group_size
-    args = GRPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=B * G, num_generations=G,
+    scratch = tempfile.TemporaryDirectory()  # TRL's output_dir (nothing is saved there); removed when this returns
+    args = GRPOConfig(output_dir=scratch.name, per_device_train_batch_size=B * G, num_generations=G,
                       max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_p=1.0, top_k=0,
                       beta=cfg.beta, learning_rate=cfg.lr, lr_scheduler_type="constant", warmup_steps=0,
                       epsilon=cfg.clip_eps, loss_type="grpo", scale_rewards="group", num_iterations=1,
@@ -227,29 +228,37 @@ def report(per_seed: dict, eval_k: int, window: int = 10) -> list:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", default="runs/r1-zero-mult", help="the main job's run folder (config.yaml, checkpoints/base)")
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--eval-k", type=int, default=4, help="samples per held-out problem in the final evaluation")
+    ap.add_argument("--run", default="runs/r1-zero-mult",
+                    help="the main job's run folder (config.yaml, checkpoints/base; default: %(default)s)")
+    ap.add_argument("--steps", type=int, default=60, help="GRPO steps per trainer and seed (default: %(default)s)")
+    ap.add_argument("--eval-k", type=int, default=4, help="samples per held-out problem in the final evaluation "
+                    "(default: %(default)s; the docs' runs use 8)")
     ap.add_argument("--seeds", default="", help="comma-separated seeds, each its own pair of runs (prompts and "
                     "sampling streams); default: the run's seed")
-    ap.add_argument("--out", default="trl-curves", help="OUT.json / OUT.md / OUT.png")
+    ap.add_argument("--out", default="trl-curves",
+                    help="OUT.json / OUT.md / OUT.png (default: %(default)s, in the current folder)")
     args = ap.parse_args()
+
+    def refuse(problem: str) -> int:  # one line, exit code 2
+        print(f"trl_curves.py: {problem}", file=sys.stderr)
+        return 2
     try:
         seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else []
     except ValueError:
-        print(f"--seeds={args.seeds!r}: expected comma-separated integers, e.g. 0,1,2", file=sys.stderr)
-        return 2
+        return refuse(f"--seeds={args.seeds!r}: expected comma-separated integers, e.g. 0,1,2")
     if len(set(seeds)) < len(seeds):
-        print(f"--seeds={args.seeds!r}: a seed is repeated; expected distinct seeds", file=sys.stderr)
-        return 2
+        return refuse(f"--seeds={args.seeds!r}: a seed is repeated; expected distinct seeds")
     if args.steps < 1 or args.eval_k < 1:
-        print(f"--steps={args.steps} --eval-k={args.eval_k}: expected both >= 1", file=sys.stderr)
-        return 2
+        return refuse(f"--steps={args.steps} --eval-k={args.eval_k}: expected both >= 1")
     run = Path(args.run)
     base_dir = run / "checkpoints" / "base"
     if not (base_dir / "config.json").exists():
-        print(f"{base_dir}: no base checkpoint; run the main job first (make demo)", file=sys.stderr)
-        return 2
+        return refuse(f"{base_dir}: no base checkpoint; run the main job first (make demo)")
+    out = Path(args.out)
+    try:  # before the runs, so that a bad --out does not lose them
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return refuse(f"--out={args.out!r}: cannot create its folder ({e.strerror})")
     import dataclasses
 
     import torch
@@ -267,14 +276,12 @@ def main() -> int:
     for seed in seeds or [cfg.seed]:
         per_seed[str(seed)] = compare(dataclasses.replace(cfg, seed=seed), base_dir, tok, task, problems, args.steps,
                                       args.eval_k)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = report(per_seed, args.eval_k)
+    print("\n".join(lines))
     out.with_suffix(".json").write_text(json.dumps({"steps": args.steps, "eval_k": args.eval_k, "per_seed": per_seed},
                                                    indent=1))
-    plot(per_seed, out)
-    lines = report(per_seed, args.eval_k)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    plot(per_seed, out)
     return 0
 
 

@@ -76,8 +76,9 @@ def test_trl_curves_report_pairs_within_and_across_seeds():
         "- training accuracy by 1-step window (mean ± s.e. across seeds): 1-1 +15.0 ± 5.0, 2-2 +5.0 ± 15.0 points")
 
 
-@pytest.mark.parametrize("seeds, says", [("0,x", "--seeds='0,x': expected comma-separated integers, e.g. 0,1,2"),
-                                         ("1,2,1", "--seeds='1,2,1': a seed is repeated; expected distinct seeds")])
+@pytest.mark.parametrize("seeds, says", [
+    ("0,x", "trl_curves.py: --seeds='0,x': expected comma-separated integers, e.g. 0,1,2"),
+    ("1,2,1", "trl_curves.py: --seeds='1,2,1': a seed is repeated; expected distinct seeds")])
 def test_trl_curves_refuses_bad_seeds_in_one_line(seeds, says):
     import subprocess
     import sys
