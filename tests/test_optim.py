@@ -43,6 +43,31 @@ def test_first_step_hand_worked():
     torch.testing.assert_close(w.detach(), torch.tensor([1.8, -0.85]), rtol=0, atol=1e-6)
 
 
+def test_parameter_groups_keep_their_own_settings_and_are_fused():
+    # torch-style groups: decay on the matrix only, a generator as a group's params; each group against the reference
+    torch.manual_seed(1)
+    m0, b0 = torch.randn(4, 3), torch.randn(3)
+    grads = [(torch.randn(4, 3), torch.randn(3)) for _ in range(3)]
+    m, b = torch.nn.Parameter(m0.clone()), torch.nn.Parameter(b0.clone())
+    opt = adamw([{"params": (p for p in [m])}, {"params": b, "weight_decay": 0.0, "lr": 5e-3}], lr=1e-2,
+                betas=(0.9, 0.95), weight_decay=0.1)
+    assert [(g["fused"], g["weight_decay"], g["lr"], len(g["params"])) for g in opt.param_groups] == [
+        (True, 0.1, 1e-2, 1), (True, 0.0, 5e-3, 1)]
+    for gm, gb in grads:
+        m.grad, b.grad = gm.clone(), gb.clone()
+        opt.step()
+    torch.testing.assert_close(m.detach().double(), _reference(m0, [g for g, _ in grads], 1e-2, (0.9, 0.95), 0.1),
+                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(b.detach().double(), _reference(b0, [g for _, g in grads], 5e-3, (0.9, 0.95), 0.0),
+                               rtol=0, atol=1e-6)
+
+
+def test_a_group_torch_cannot_fuse_leaves_the_whole_optimizer_unfused():
+    on_cpu, on_meta = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3, device="meta"))
+    opt = adamw([{"params": [on_cpu]}, {"params": [on_meta]}], lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0)
+    assert [g["fused"] for g in opt.param_groups] == [False, False]
+
+
 def test_unfused_where_torch_has_no_fused_kernel():
     w = torch.nn.Parameter(torch.zeros(3, device="meta"))
     assert not adamw([w], lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0).param_groups[0]["fused"]
