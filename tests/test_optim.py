@@ -1,5 +1,6 @@
 """r1.optim.adamw: torch's AdamW, fused where torch has the kernel, against a float64 reference of the update."""
 
+import pytest
 import torch
 
 from r1.optim import adamw
@@ -66,6 +67,26 @@ def test_a_group_torch_cannot_fuse_leaves_the_whole_optimizer_unfused():
     on_cpu, on_meta = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3, device="meta"))
     opt = adamw([{"params": [on_cpu]}, {"params": [on_meta]}], lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0)
     assert [g["fused"] for g in opt.param_groups] == [False, False]
+
+
+def test_named_parameters_are_fused_and_groups_stay_the_callers_dicts():
+    w = torch.nn.Parameter(torch.ones(2))
+    assert adamw([("w", w)], lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0).param_groups[0]["fused"] is True
+    group = {"params": iter([w])}
+    opt = adamw([group], lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0)
+    assert opt.param_groups[0] is group and group["params"] == [w] and group["fused"] is True
+
+
+@pytest.mark.parametrize("params, error", [
+    (torch.zeros(3, 2), TypeError),  # one tensor, not a list of them (iterated, it would be 3 rows)
+    ([{"params": {torch.nn.Parameter(torch.ones(2))}}], TypeError),  # a set: its order changes between runs
+    ([{"lr": 1e-3}], KeyError),  # a group without "params"
+    ([torch.nn.Parameter(torch.ones(2)), {"params": [torch.nn.Parameter(torch.ones(2))]}], TypeError),
+    ([], ValueError),
+])
+def test_malformed_params_get_torchs_error(params, error):
+    with pytest.raises(error):
+        adamw(params, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0)
 
 
 def test_unfused_where_torch_has_no_fused_kernel():
