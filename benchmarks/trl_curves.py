@@ -143,7 +143,7 @@ def plot(per_seed: dict, out: Path, window: int = 10) -> None:
     import matplotlib.ticker
 
     def smooth(vals):
-        return [sum(vals[max(0, i - window + 1):i + 1]) / len(vals[max(0, i - window + 1):i + 1]) for i in range(len(vals))]
+        return [sum(w) / len(w) for w in (vals[max(0, i - window + 1):i + 1] for i in range(len(vals)))]
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for name, color in (("trl", "tab:orange"), ("r1", "tab:blue")):

@@ -61,7 +61,8 @@ def _side(accuracies, per_problem):
 
 def test_trl_curves_report_pairs_within_and_across_seeds():
     """Hand-worked: seed 0, r1 - TRL per problem = (+0.5, 0, +0.25): mean +0.25, squared deviations
-    0.125 in all, s.e. sqrt(0.125 / 2 / 3) = 0.144; seed 1: (-0.25, -0.25, +0.5): mean 0, s.e. sqrt(0.375 / 6) = 0.25. Across seeds: mean +0.125, s.e. 0.125.
+    0.125 in all, s.e. sqrt(0.125 / 2 / 3) = 0.144; seed 1: (-0.25, -0.25, +0.5): mean 0, s.e. sqrt(0.375 / 6) = 0.25.
+    Across seeds: mean +0.125, s.e. 0.125.
     Training accuracy: seed 0 r1 0.6 vs TRL 0.4 (+20 points), seed 1 0.5 vs 0.5 (0): +10 ± 10 points."""
     per_seed = {"0": {"r1": _side([0.5, 0.7], [1.0, 0.5, 0.75]), "trl": _side([0.3, 0.5], [0.5, 0.5, 0.5])},
                 "1": {"r1": _side([0.5, 0.5], [0.25, 0.25, 1.0]), "trl": _side([0.4, 0.6], [0.5, 0.5, 0.5])}}

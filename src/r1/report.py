@@ -99,7 +99,8 @@ def write_report(run_dir: Path, cfg, extra: dict | None = None) -> Path:
         f"({100 * cfg.long_frac:.0f}%) reasons step by step inside `<think>`; the rest answers directly. "
         + (f"{100 * cfg.mixed_frac:.0f}% of the step-by-step lines are written in a second notation (`47乘30=1410`, "
            "Chinese operator words), the stand-in for the mixed languages of R1-Zero's base; readability is the "
-           "share of a completion's thinking lines in the first (1 for a direct answer). " if cfg.task == "multiplication" and cfg.mixed_frac else "")
+           "share of a completion's thinking lines in the first (1 for a direct answer). "
+           if cfg.task == "multiplication" and cfg.mixed_frac else "")
         + "GRPO with rule-based rewards (accuracy + format) then decides which style the policy keeps.", ""]
     if extra.get("status"):
         lines += [f"**Status:** {extra['status']}", ""]
