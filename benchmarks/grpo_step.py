@@ -286,6 +286,11 @@ def main() -> int:
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: ENGINE:SIZE:BETA:G:MODEL_DIR -> JSON on stdout
     args = ap.parse_args()
     problem = _bad_arguments(args)
+    if not problem and args.out and not args.one:  # before the runs, so that a bad --out does not lose them
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            problem = f"--out={args.out!r}: cannot create its folder ({e.strerror})"
     if problem:
         print(f"grpo_step.py: {problem}", file=sys.stderr)  # one line, exit 2
         return 2
@@ -321,7 +326,6 @@ def main() -> int:
     print("\n" + text + "\n\nEach column is its own median over steps (parts need not add up to s/step)"
           + ("; TRL / r1 above 1 means r1 is faster (seconds) or better (rates, RSS)." if "," in args.engines else "."))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
         settings = {"precision": args.precision, "set": args.set, "trl_set": args.trl_set, "steps": args.steps,
                     "warmup": args.warmup}

@@ -48,6 +48,19 @@ def test_the_command_refuses_in_one_line_with_exit_code_2():
     assert proc.stderr.strip().count("\n") == 0 and "a finite BETA" in proc.stderr
 
 
+def test_an_out_path_that_cannot_be_written_is_refused_before_any_run(tmp_path):
+    """A file where --out needs a folder: one line, exit code 2, before a model is built (nothing on stdout)."""
+    import subprocess
+    import sys
+    (tmp_path / "a-file").write_text("")
+    script = Path(__file__).parents[1] / "benchmarks" / "grpo_step.py"
+    proc = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "a-file" / "t.md")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("grpo_step.py: --out=")
+    assert "cannot create its folder" in proc.stderr
+
+
 TC_SPEC = importlib.util.spec_from_file_location("trl_curves", Path(__file__).parents[1] / "benchmarks" / "trl_curves.py")
 trl_curves = importlib.util.module_from_spec(TC_SPEC)
 TC_SPEC.loader.exec_module(trl_curves)

@@ -41,7 +41,7 @@ def adamw(params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: float, 
         the optimizer.
     Raises:
         ValueError: from torch, for no parameters, a negative ``lr``, a beta outside [0, 1) or a negative
-            ``weight_decay`` (these arguments: torch does not check a group's own values).
+            ``weight_decay``. Only these arguments are checked: torch does not check values given inside a group.
         KeyError: from torch, for a group without ``"params"``.
         TypeError: from torch, for one tensor in place of a list, a group whose ``"params"`` is a set (its order
             changes between runs), or tensors mixed with groups.
