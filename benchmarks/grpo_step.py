@@ -324,7 +324,8 @@ def main() -> int:
                       f"[{time.time() - t0:.0f} s]", flush=True)
     text = table(results)
     print("\n" + text + "\n\nEach column is its own median over steps (parts need not add up to s/step)"
-          + ("; TRL / r1 above 1 means r1 is faster (seconds) or better (rates, RSS)." if "," in args.engines else "."))
+          + ("; the TRL / r1 row divides TRL by r1 for seconds and RSS, r1 by TRL for the rates (tok/s): "
+             "above 1, r1 is better." if "," in args.engines else "."))
     if args.out:
         Path(args.out).write_text(text + "\n")
         settings = {"precision": args.precision, "set": args.set, "trl_set": args.trl_set, "steps": args.steps,

@@ -58,7 +58,7 @@ def test_micro_run_writes_every_file_and_reloads(tmp_path):
 
 
 @pytest.mark.parametrize("extra", [[], ["ref_refresh_every=1"]])
-def test_resume_continues_from_checkpoint(tmp_path, extra):
+def test_resume_continues_from_checkpoint(tmp_path, extra, capsys):
     # Run 2 of 3 steps, then resume to 3: same metrics as an uninterrupted run (per-step seeds;
     # a refreshed reference model is restored from the checkpoint).
     args = [*MICRO, f"runs_dir={tmp_path}", *extra]
@@ -74,6 +74,12 @@ def test_resume_continues_from_checkpoint(tmp_path, extra):
     resumed = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]
     drop = lambda r: {k: v for k, v in r.items() if not k.startswith("time/")}  # noqa: E731
     assert [drop(r) for r in resumed] == [drop(r) for r in full]
+    # resuming a finished run says so, and trains nothing more
+    capsys.readouterr()
+    assert main(["run", "--resume", str(part)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "RL: finished (step-000003, rl_steps=3), not run again" in out and "resuming from" not in out
+    assert (part / "metrics.jsonl").read_text().count("\n") == 3
     # the GRPO optimizer (r1.optim.adamw): fused on CPU, R1-Zero's betas, no weight decay, the recipe's lr
     state = torch.load(part / "checkpoints" / "step-000003" / "trainer_state.pt", weights_only=False)
     group = state["optimizer"]["param_groups"][0]
@@ -112,7 +118,7 @@ def test_eval_every_logs_pass_at_1_and_base_from_reuses_the_base(tmp_path, capsy
 @pytest.mark.parametrize("arg, needle", [
     ("group_size=1", "group_size=1: expected >= 2"),
     ("bogus_key=3", "unknown config key 'bogus_key'; known keys: adv_baseline"),  # nothing close: no guess
-    ("lrr=1e-5", "unknown config key 'lrr'; did you mean lr or lora_r? known keys:"),
+    ("lrr=1e-5", "unknown config key 'lrr'; did you mean lr or lora_r? (every key, with its default: r1/config.py"),
     ("lr=fast", "lr='fast': expected float"),
     ("task=chess", "task='chess'"),
     ("digits=[2]", "digits=[2]"),
@@ -130,6 +136,8 @@ def test_bad_input_is_one_line_exit_2(arg, needle, tmp_path):
     assert needle in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing was created
+    if "did you mean" in needle:  # a likely typo gets the guesses, not the ~100 known keys
+        assert "known keys" not in proc.stderr and len(proc.stderr) < 160
 
 
 def test_missing_recipe_and_bad_resume(tmp_path, capsys):
@@ -137,6 +145,13 @@ def test_missing_recipe_and_bad_resume(tmp_path, capsys):
     assert main(["run", "--resume", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "recipe 'nope.yaml' not found" in err and "expected a run directory" in err
+    # a recipe that is not YAML: where, as an editor counts (1-based), for `r1 run` and `r1 pipeline`
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: 1\nlr: [1e-5\nbeta: 0\n")
+    assert main(["run", str(bad)]) == 2
+    assert main(["pipeline", str(bad)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all("is not valid YAML: line 3, column 5: expected ',' or ']'" in e for e in err), err
 
 
 def test_ctrl_c_during_rl_keeps_checkpoint_and_report_then_resumes(tmp_path):
@@ -244,3 +259,8 @@ def test_an_interrupted_save_is_not_a_checkpoint(tmp_path):
         (tmp_path / "checkpoints" / d / "trainer_state.pt").write_bytes(b"" if d.endswith(".tmp") else b"x")
     assert [p.name for p in _rl_checkpoints(tmp_path)] == ["step-000002"]
     assert [p.name for p in _checkpoints(tmp_path)] == ["step-000002"]
+
+
+def test_report_seconds_keep_a_decimal_below_ten():
+    from r1.report import _seconds
+    assert [_seconds(v) for v in (0.0, 0.44, 9.94, 9.96, 79.88)] == ["0.0 s", "0.4 s", "9.9 s", "10 s", "80 s"]

@@ -26,6 +26,17 @@ class ConfigError(ValueError):
     """A recipe or override is invalid: unknown key, wrong type or impossible value."""
 
 
+def yaml_error(exc: yaml.YAMLError) -> str:
+    """One line for a YAML parse error: what went wrong and where (1-based line and column, as editors count),
+    e.g. ``"line 3, column 9: expected ',' or ']', but got '<stream end>'"``; the first line of the
+    message where PyYAML gives no position."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or not problem:
+        return str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
 MATH_TASKS = ("gsm8k", "math", "aime", "amc")
 TASKS = ("multiplication", "countdown", *MATH_TASKS)
 
@@ -364,8 +375,10 @@ def _coerce(key: str, value: Any) -> Any:
     """Return ``value`` as the type of field ``key``; raise ConfigError if it cannot be."""
     if key not in _FIELDS:
         near = difflib.get_close_matches(key, list(_FIELDS), n=3, cutoff=0.6)
-        hint = f"did you mean {' or '.join(near)}? " if near else ""
-        raise ConfigError(f"unknown config key {key!r}; {hint}known keys: {', '.join(sorted(_FIELDS))}")
+        if near:  # a likely typo: the guesses, not all ~100 keys
+            raise ConfigError(f"unknown config key {key!r}; did you mean {' or '.join(near)}? "
+                              "(every key, with its default: r1/config.py, RunConfig)")
+        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(sorted(_FIELDS))}")
     want = _HINTS[key]
     if isinstance(value, str) and want is not str:
         value = yaml.safe_load(value) if value.strip() else value
@@ -398,7 +411,7 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"recipe {str(recipe)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+            raise ConfigError(f"recipe {str(recipe)!r} is not valid YAML: {yaml_error(exc)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"recipe {str(recipe)!r}: expected a mapping of key: value")
         values.update(loaded)

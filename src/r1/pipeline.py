@@ -66,7 +66,7 @@ from typing import Any
 
 import yaml
 
-from r1.config import ConfigError, RunConfig, load_config, save_config
+from r1.config import ConfigError, RunConfig, load_config, save_config, yaml_error
 
 KINDS = ("pretrain", "model", "traces", "sft", "rl", "sample", "eval")
 MODEL_KINDS = ("pretrain", "model", "sft", "rl")  # stages whose output is a model
@@ -136,7 +136,7 @@ def parse_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {yaml_error(exc)}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("stages"), list) or not raw["stages"]:
         raise ConfigError(f"recipe {str(path)!r}: expected a mapping with a non-empty 'stages' list "
                           "(a pipeline recipe; for one run use r1 run)")

@@ -64,6 +64,11 @@ def _fmt(value, pct=False) -> str:
     return f"{100 * value:.1f}%" if pct else f"{value:.1f}"
 
 
+def _seconds(value: float) -> str:
+    """A duration for the report: whole seconds from 10 s, one decimal below (a short run's 0.4 s is not "0 s")."""
+    return f"{value:.0f} s" if round(value, 1) >= 10 else f"{value:.1f} s"
+
+
 def _examples(evaluation: dict, n: int = 3) -> str:
     out = []
     for rec in evaluation["problems"][:n]:
@@ -97,7 +102,7 @@ def write_report(run_dir: Path, cfg, extra: dict | None = None) -> Path:
         f"The base model is a tiny Llama-class decoder pretrained {how_long} on a generated corpus in the "
         "R1-Zero template: it stands in for R1-Zero's pretrained base. A share of that corpus "
         f"({100 * cfg.long_frac:.0f}%) reasons step by step inside `<think>`; the rest answers directly. "
-        + (f"{100 * cfg.mixed_frac:.0f}% of the step-by-step lines are written in a second notation (`47乘30=1410`, "
+        + (f"{100 * cfg.mixed_frac:.0f}% of the step-by-step lines are written in a second notation (`47乘30=1200加210=1410`, "
            "Chinese operator words), the stand-in for the mixed languages of R1-Zero's base; readability is the "
            "share of a completion's thinking lines in the first (1 for a direct answer). "
            if cfg.task == "multiplication" and cfg.mixed_frac else "")
@@ -131,7 +136,7 @@ def write_report(run_dir: Path, cfg, extra: dict | None = None) -> Path:
                   f"{_fmt(first['rollout/reasoning_frac'], True)} → {_fmt(last['rollout/reasoning_frac'], True)}.", ""]
         lines += [f"![{Path(p).stem}]({p})" for p in plots] + [""]
         timing = {k: sum(r[k] for r in rows) for k in ("time/generate_s", "time/reward_s", "time/update_s")}
-        lines += ["Time in RL: " + ", ".join(f"{k.split('/')[1][:-2]} {v:.0f} s" for k, v in timing.items()), ""]
+        lines += ["Time in RL: " + ", ".join(f"{k.split('/')[1][:-2]} {_seconds(v)}" for k, v in timing.items()), ""]
     for when, label in (("before", "Samples before RL (base)"), ("after", "Samples after RL")):
         if when in evals:
             lines += [f"## {label}", "", "First sample of the first three held-out problems.", "",

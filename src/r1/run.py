@@ -215,7 +215,10 @@ def _stage_rl(cfg, run_dir, base, tokenizer, task, heldout_keys, eval_problems=(
         for path in (run_dir / "samples").glob("step-*.jsonl"):
             if int(path.stem.split("-")[1]) > start_step:
                 path.unlink()
-        console.print(f"[dim]RL: resuming from {ckpts[-1].name}[/]")
+        if start_step >= cfg.rl_steps:
+            console.print(f"[dim]RL: finished ({ckpts[-1].name}, rl_steps={cfg.rl_steps}), not run again[/]")
+        else:
+            console.print(f"[dim]RL: resuming from {ckpts[-1].name}[/]")
     if start_step >= cfg.rl_steps or _out_of_time(cfg, rows):
         return policy
     policy.train()
@@ -293,7 +296,7 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
     console.print(f"run directory: [bold]{run_dir}[/]  (task {cfg.task}, seed {cfg.seed})")
     console.print(f"batch: {cfg.prompts_per_step} prompts x G={cfg.group_size} = "
                   f"{cfg.prompts_per_step * cfg.group_size} completions per GRPO step, up to {cfg.max_new_tokens} "
-                  f"tokens each; {cfg.rl_steps} steps; eval {cfg.eval_problems} problems x k={cfg.eval_k}"
+                  f"tokens each; {cfg.rl_steps} step{'s' if cfg.rl_steps != 1 else ''}; eval {cfg.eval_problems} problems x k={cfg.eval_k}"
                   + ("; RL in bf16 mixed precision" if cfg.mixed_precision == "bf16" else ""))
     tokenizer = load_tokenizer(cfg.model_path) if cfg.model_path else build_tokenizer()
     task = make_task(cfg)
