@@ -264,3 +264,15 @@ def test_an_interrupted_save_is_not_a_checkpoint(tmp_path):
 def test_report_seconds_keep_a_decimal_below_ten():
     from r1.report import _seconds
     assert [_seconds(v) for v in (0.0, 0.44, 9.94, 9.96, 79.88)] == ["0.0 s", "0.4 s", "9.9 s", "10 s", "80 s"]
+
+
+def test_tiny_policy_says_it_stays_on_cpu_when_device_is_cuda(tmp_path, capsys, monkeypatch):
+    # no GPU here: stand in for one by making the run's device resolve to CUDA; the tiny policy (no model_path)
+    # must still run, on the CPU, and say so instead of ignoring device=cuda in silence
+    import r1.run
+    monkeypatch.setattr(r1.run, "resolve_device", lambda device: torch.device("cuda"))
+    assert main(["run", *MICRO, "rl_steps=1", f"runs_dir={tmp_path}", "name=g", "device=cuda"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "device=cuda (cuda) applies to model_path checkpoints; the tiny policy built from scratch is " \
+           "pretrained and trained on the CPU" in out
+    assert json.loads((tmp_path / "g" / "summary.json").read_text())["steps"] == 1

@@ -78,7 +78,7 @@ class RunConfig:
     lora_dropout: float = 0.0  # LoRA dropout
     lora_target_modules: str = "all-linear"  # peft target_modules: "all-linear" or comma-separated module names
     logprob_chunk_size: int = 0  # positions per chunk when computing log-probabilities (0 = all at once; bounds [N, chunk, V] logits)
-    device: str = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
+    device: str = "auto"  # "auto" (cuda if available), "cpu" or "cuda"; for model_path checkpoints (the tiny policy built from scratch runs on the CPU)
     rollout_engine: str = "transformers"  # "transformers" (this process, CPU or GPU) or "vllm" (GPU, pip install -e ".[vllm]")
     sampler: str = "auto"  # transformers engine: "lean" (r1's KV-cache sampler), "generate" (transformers' generate), auto = lean where the model family allows
     fast_logprobs: bool = True  # policy/reference log-probs by r1's lean forward (shared prompt per group, no padding compute) where the model family allows

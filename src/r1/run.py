@@ -298,6 +298,9 @@ def run(cfg: RunConfig, run_dir: Path) -> dict:
                   f"{cfg.prompts_per_step * cfg.group_size} completions per GRPO step, up to {cfg.max_new_tokens} "
                   f"tokens each; {cfg.rl_steps} step{'s' if cfg.rl_steps != 1 else ''}; eval {cfg.eval_problems} problems x k={cfg.eval_k}"
                   + ("; RL in bf16 mixed precision" if cfg.mixed_precision == "bf16" else ""))
+    if not cfg.model_path and _device(cfg) != "cpu":  # say so rather than ignore device=cuda in silence
+        console.print(f"[yellow]device={cfg.device} ({_device(cfg)}) applies to model_path checkpoints; the tiny "
+                      "policy built from scratch is pretrained and trained on the CPU[/]")
     tokenizer = load_tokenizer(cfg.model_path) if cfg.model_path else build_tokenizer()
     task = make_task(cfg)
     eval_sets = _eval_sets(cfg, task)
