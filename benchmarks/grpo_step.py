@@ -325,7 +325,8 @@ def main() -> int:
     text = table(results)
     print("\n" + text + "\n\nEach column is its own median over steps (parts need not add up to s/step)"
           + ("; the TRL / r1 row divides TRL by r1 for seconds and RSS, r1 by TRL for the rates (tok/s): "
-             "above 1, r1 is better." if "," in args.engines else "."))
+             "above 1, r1 is better; the reward column is a millisecond or two on both sides, and its ratio means "
+             "nothing." if "," in args.engines else "."))
     if args.out:
         Path(args.out).write_text(text + "\n")
         settings = {"precision": args.precision, "set": args.set, "trl_set": args.trl_set, "steps": args.steps,

@@ -258,6 +258,10 @@ class RunConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name}={value}: expected a finite number")
         _check_sft(self)
+        if self.device == "cuda":
+            import torch
+            if not torch.cuda.is_available():
+                raise ConfigError("device='cuda': no CUDA GPU is visible here; expected device=cpu or auto")
         if self.rollout_engine == "vllm":
             _check_vllm(self)
         if self.sampler == "lean":
@@ -375,10 +379,8 @@ def _coerce(key: str, value: Any) -> Any:
     """Return ``value`` as the type of field ``key``; raise ConfigError if it cannot be."""
     if key not in _FIELDS:
         near = difflib.get_close_matches(key, list(_FIELDS), n=3, cutoff=0.6)
-        if near:  # a likely typo: the guesses, not all ~100 keys
-            raise ConfigError(f"unknown config key {key!r}; did you mean {' or '.join(near)}? "
-                              "(every key, with its default: r1/config.py, RunConfig)")
-        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(sorted(_FIELDS))}")
+        hint = f"did you mean {' or '.join(near)}? " if near else "expected a RunConfig field "
+        raise ConfigError(f"unknown config key {key!r}; {hint}(every key, with its default: src/r1/config.py)")
     want = _HINTS[key]
     if isinstance(value, str) and want is not str:
         value = yaml.safe_load(value) if value.strip() else value
