@@ -283,3 +283,16 @@ def test_tiny_policy_says_it_stays_on_cpu_when_device_is_cuda(tmp_path, capsys, 
     assert "device=auto (cuda) applies to model_path checkpoints; the tiny policy built from scratch is " \
            "pretrained and trained on the CPU" in out
     assert json.loads((tmp_path / "g" / "summary.json").read_text())["steps"] == 1
+
+
+def test_recipe_with_a_key_written_twice_is_refused(tmp_path, capsys):
+    # PyYAML alone keeps the last value in silence; a recipe must not run 4 steps where it also says 3
+    bad = tmp_path / "dup.yaml"
+    bad.write_text("rl_steps: 3\nseed: 1\nrl_steps: 4\n")
+    assert main(["run", str(bad)]) == 2
+    assert main(["pipeline", str(bad)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all("is not valid YAML: line 3, column 1: duplicate key 'rl_steps'" in e for e in err), err
+    # a `<<` merge may still be overridden, as YAML intends (configs/distill-tiny.yaml does)
+    from r1.config import load_recipe_yaml
+    assert load_recipe_yaml("a: &x {b: 1, c: 2}\nd: {<<: *x, b: 3}\n") == {"a": {"b": 1, "c": 2}, "d": {"b": 3, "c": 2}}

@@ -26,6 +26,33 @@ class ConfigError(ValueError):
     """A recipe or override is invalid: unknown key, wrong type or impossible value."""
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key written twice in one mapping is an error (PyYAML keeps the last
+    value in silence, so a recipe with ``rl_steps: 3`` and later ``rl_steps: 4`` would run 4 steps unnoticed).
+    Keys brought in by a ``<<`` merge may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`, flattened by the parent class
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_recipe_yaml(text: str):
+    """Parse a recipe's YAML as ``yaml.safe_load`` does, refusing a key written twice in one mapping.
+
+    Raises:
+        yaml.YAMLError: invalid YAML, or a duplicate key (a ``ConstructorError`` whose mark is the second one).
+    """
+    return yaml.load(text, Loader=_RecipeLoader)
+
+
 def yaml_error(exc: yaml.YAMLError) -> str:
     """One line for a YAML parse error: what went wrong and where (1-based line and column, as editors count),
     e.g. ``"line 3, column 9: expected ',' or ']', but got '<stream end>'"``; the first line of the
@@ -411,7 +438,7 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
         if not path.is_file():
             raise ConfigError(f"recipe {str(recipe)!r} not found: expected a YAML file such as configs/r1-zero-mult.yaml")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = load_recipe_yaml(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"recipe {str(recipe)!r} is not valid YAML: {yaml_error(exc)}") from None
         if not isinstance(loaded, dict):

@@ -66,7 +66,7 @@ from typing import Any
 
 import yaml
 
-from r1.config import ConfigError, RunConfig, load_config, save_config, yaml_error
+from r1.config import ConfigError, RunConfig, load_config, load_recipe_yaml, save_config, yaml_error
 
 KINDS = ("pretrain", "model", "traces", "sft", "rl", "sample", "eval")
 MODEL_KINDS = ("pretrain", "model", "sft", "rl")  # stages whose output is a model
@@ -134,7 +134,7 @@ def parse_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe
     if not path.is_file():
         raise ConfigError(f"recipe {str(path)!r} not found: expected a pipeline YAML such as configs/r1-tiny.yaml")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_recipe_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {yaml_error(exc)}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("stages"), list) or not raw["stages"]:
