@@ -239,7 +239,7 @@ def run_eval(model_arg: str, benchmarks: str | None, k: int | None, out: str | N
     """
     from transformers.utils import logging as hf_logging
 
-    from r1.models.hf import load_policy
+    from r1.models.hf import load_policy, resolve_device
     from r1.models.prompts import prompt_for
 
     started, stamp = time.time(), datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -255,9 +255,7 @@ def run_eval(model_arg: str, benchmarks: str | None, k: int | None, out: str | N
     out_dir = Path(out) if out else default_out(target)
     hf_logging.disable_progress_bar()
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    if device == "cuda" and not torch.cuda.is_available():
-        raise EvalError("device='cuda': no CUDA device visible here; expected device=cpu or auto")
+    device = str(resolve_device(cfg.device))  # device='cuda' without a GPU was refused by load_config (validate)
     model, tokenizer = load_policy(target.model_dir, cfg.dtype, device=device, trainable=False)
     for item in plan:  # a prompt setting the tokenizer cannot render fails here, before anything is written
         if item["problems"]:
