@@ -287,10 +287,9 @@ def main() -> int:
     args = ap.parse_args()
     problem = _bad_arguments(args)
     if not problem and args.out and not args.one:  # before the runs, so that a bad --out does not lose them
-        try:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            problem = f"--out={args.out!r}: cannot create its folder ({e.strerror})"
+        from r1.report import output_problem
+        why = output_problem(Path(args.out), (".json",))
+        problem = why and f"--out={args.out!r}: {why}"
     if problem:
         print(f"grpo_step.py: {problem}", file=sys.stderr)  # one line, exit 2
         return 2

@@ -255,10 +255,10 @@ def main() -> int:
     if not (base_dir / "config.json").exists():
         return refuse(f"{base_dir}: no base checkpoint; run the main job first (make demo)")
     out = Path(args.out)
-    try:  # before the runs, so that a bad --out does not lose them
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        return refuse(f"--out={args.out!r}: cannot create its folder ({e.strerror})")
+    from r1.report import output_problem
+    why = output_problem(out, (".json", ".md", ".png"))  # before the runs, so that a bad --out does not lose them
+    if why:
+        return refuse(f"--out={args.out!r}: {why}")
     import dataclasses
 
     import torch

@@ -48,17 +48,37 @@ def test_the_command_refuses_in_one_line_with_exit_code_2():
     assert proc.stderr.strip().count("\n") == 0 and "a finite BETA" in proc.stderr
 
 
-def test_an_out_path_that_cannot_be_written_is_refused_before_any_run(tmp_path):
-    """A file where --out needs a folder: one line, exit code 2, before a model is built (nothing on stdout)."""
+@pytest.mark.parametrize("out, says", [
+    ("a-file/t.md", "cannot create its folder"),  # a file where --out needs a folder
+    ("a-folder", "a-folder is a folder; expected a file path such as /tmp/table.md"),
+    ("t.md/", "t.md is a folder"),
+])
+def test_an_out_path_that_cannot_be_written_is_refused_before_any_run(tmp_path, out, says):
+    """One line, exit code 2, before a model is built (nothing on stdout), and no file left behind."""
     import subprocess
     import sys
     (tmp_path / "a-file").write_text("")
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "t.md").mkdir()
     script = Path(__file__).parents[1] / "benchmarks" / "grpo_step.py"
-    proc = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "a-file" / "t.md")],
+    proc = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("grpo_step.py: --out=")
-    assert "cannot create its folder" in proc.stderr
+    assert says in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "a-folder", "t.md"]
+
+
+def test_output_problem_tries_each_file_and_leaves_only_what_was_there(tmp_path):
+    from r1.report import output_problem
+    (tmp_path / "old.md").write_text("kept")
+    assert output_problem(tmp_path / "new" / "old.md", (".json",)) is None  # its folder is made
+    assert output_problem(tmp_path / "old.md", (".json", ".png")) is None
+    assert (tmp_path / "old.md").read_text() == "kept" and sorted(p.name for p in tmp_path.iterdir()) == ["new", "old.md"]
+    (tmp_path / "x.json").mkdir()
+    assert output_problem(tmp_path / "x.md", (".json",)) == f"{tmp_path / 'x.json'} is a folder; expected a file path " \
+        "such as /tmp/table.md"
+    assert output_problem(Path("/proc/r1-no.md")).startswith("cannot write /proc/r1-no.md (")
 
 
 TC_SPEC = importlib.util.spec_from_file_location("trl_curves", Path(__file__).parents[1] / "benchmarks" / "trl_curves.py")

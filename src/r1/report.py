@@ -58,6 +58,27 @@ def plot_curves(rows: list[dict], plots: Path) -> list[str]:
     return ["plots/reward.png", "plots/length.png"]
 
 
+def output_problem(out: Path, suffixes: tuple[str, ...] = ()) -> str | None:
+    """Why result files at ``out`` (and beside it with each of ``suffixes``, e.g. ``(".json",)``) could not be
+    written, in one phrase, or None; creates ``out``'s folder. For a script to check before hours of work, not after.
+    """
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"cannot create its folder ({e.strerror})"
+    for path in (out, *(out.with_suffix(s) for s in suffixes)):
+        if path.is_dir():
+            return f"{path} is a folder; expected a file path such as /tmp/table.md"
+        existed = path.exists()
+        try:  # the one sure test (permissions, read-only or virtual file systems): open it for appending
+            path.open("a").close()
+        except OSError as e:
+            return f"cannot write {path} ({e.strerror})"
+        if not existed:
+            path.unlink()
+    return None
+
+
 def _fmt(value, pct=False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
