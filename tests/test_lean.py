@@ -487,3 +487,58 @@ def test_training_forward_uses_the_memory_saving_mlp_in_float32_only(setting, mo
     assert len(calls) == passes
     widths = sorted(args[3].sum(-1).long().tolist(), reverse=True)
     assert passes == (layers * (1 + len(lean._buckets(widths, 4))) if setting == "float32" else 0)
+
+
+def test_qkv_rope_equals_the_module_arithmetic_and_its_gradient():
+    """``_QKVRope`` (the projection output split into heads, rotary on q and k, a hand-written backward): q, k, v
+    equal transformers' ``apply_rotary_pos_emb`` on the split heads (float64: to 1e-12 relative), and the gradient
+    of the projection output equals autograd's through the module arithmetic, with all three upstream gradients and
+    with v's missing (its part of the gradient then 0). The outputs are contiguous (the attention's reshapes are
+    views)."""
+    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+    torch.manual_seed(0)
+    n, q_len, H, KH, hd = 3, 5, 4, 2, 6
+    qkv = torch.randn(n, q_len, (H + 2 * KH) * hd, dtype=torch.float64, requires_grad=True)
+    angle = torch.randn(n, 1, q_len, hd // 2, dtype=torch.float64)
+    cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)
+    signed = torch.cat([-sin[..., :hd // 2], sin[..., hd // 2:]], -1)  # _Weights.rope's layout
+
+    def by_module():
+        q, k, v = qkv.view(n, q_len, H + 2 * KH, hd).transpose(1, 2).split([H, KH, KH], 1)
+        q, k = apply_rotary_pos_emb(q, k, cos[:, 0], sin[:, 0], unsqueeze_dim=1)  # [n, q, hd] -> [n, 1, q, hd]
+        return q, k, v
+
+    want = by_module()
+    got = lean._QKVRope.apply(qkv, cos, signed, H, KH, hd)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and a.is_contiguous()
+        assert (a - b).abs().max() <= 1e-12 * b.abs().max()
+    up = [torch.randn_like(t) for t in want]
+    for ups in (up, up[:2]):
+        (want_grad,) = torch.autograd.grad(by_module()[:len(ups)], qkv, ups)
+        (got_grad,) = torch.autograd.grad(lean._QKVRope.apply(qkv, cos, signed, H, KH, hd)[:len(ups)], qkv, ups)
+        assert (got_grad - want_grad).abs().max() <= 1e-12 * want_grad.abs().max()
+    assert got_grad.view(n, q_len, H + 2 * KH, hd)[:, :, H + KH:].abs().max() == 0  # v had no gradient
+
+
+@pytest.mark.parametrize("family, setting", [("qwen2", "float32"), ("llama3", "float32"), ("qwen3", "float32"),
+                                             ("qwen2", "bf16 mixed precision")])
+def test_fused_rotary_in_float32_without_qk_norms_only(family, setting, monkeypatch):
+    """Every layer's projection output goes through ``_QKVRope`` in float32 compute for Llama and Qwen2, with and
+    without gradients (sampler prefill, reference, policy); Qwen3 (per-head q/k norms before the rotary) and bf16
+    mixed precision keep the module arithmetic. The log-probabilities stay those of the transformers forward."""
+    calls = []
+    real = lean._QKVRope.apply
+    monkeypatch.setattr(lean._QKVRope, "apply", lambda *a: calls.append(1) or real(*a))
+    model, _ = model_for(family, peaky=3.0)
+    dtype = torch.bfloat16 if setting != "float32" else None
+    args = batch()
+    got, _ = lean.token_logprobs(model, *args, dtype=dtype)
+    widths = sorted(args[3].sum(-1).long().tolist(), reverse=True)
+    fused = family != "qwen3" and setting == "float32"
+    assert len(calls) == (model.config.num_hidden_layers * (1 + len(lean._buckets(widths, 4))) if fused else 0)
+    if fused:
+        with torch.no_grad():
+            want, _ = token_logprobs(model, *args)
+        assert ((got - want) * args[3]).abs().max() < 2e-5  # on the completion tokens (lean: 0 past them)
