@@ -22,6 +22,8 @@ generate / reward / update seconds (TRL: its ``_generate`` and ``_calculate_rewa
 update = step - generate - reward, which holds the reference and loss forward, backward and the optimizer);
 generated tokens/s (completion tokens incl. EOS / generate seconds, median of the per-step rates); trained
 tokens/s (prompt + completion tokens of the batch, padding not counted, / update seconds); peak RSS (MB, ``ru_maxrss`` of the subprocess); the ratio TRL / r1.
+A line above the table (and ``_settings`` in the .json) names the precision, the engines and their overrides, the
+steps, the start time, the CPU, the package versions and the git commit (``+changes``: the work tree differed).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ SIZES = {  # Qwen2 sizes around 1M and 10M parameters with r1's 105-token charac
 }
 DEFAULT_CONFIGS = [f"{s}:{b}:{g}" for s in ("1M", "10M") for b in ("0.04", "0") for g in ("8", "16")]
 PROMPTS_PER_STEP, MAX_NEW, LR, SEED = 8, 64, 1e-5, 0
+THREADS = 2  # torch intra-op threads of each engine's process
 
 
 def build_model(size: str, out: Path) -> Path:
@@ -190,7 +193,7 @@ def one(engine: str, size: str, beta: float, G: int, steps: int, model_dir: Path
         precision: str = "fp32", trl_overrides: list[str] = ()) -> dict:
     """Run one engine on one config in this process; return the per-step rows and the peak RSS."""
     import torch
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     if engine == "r1":
         rows = run_r1(model_dir, beta, G, steps, [f"mixed_precision={'bf16' if precision == 'bf16' else 'no'}", *overrides])
     else:
@@ -227,6 +230,54 @@ def table(results: dict) -> str:
                          f"{ratio('reward_s'):.2f}x | {ratio('update_s'):.2f}x | {inv('gen_tokens_per_s'):.2f}x | "
                          f"{inv('trained_tokens_per_s'):.2f}x | {t['peak_rss_mb'] / r['peak_rss_mb']:.2f}x |")
     return "\n".join(lines)
+
+
+def provenance(precision: str, engines: str, steps: int, warmup: int, r1_set: list[str] = (),
+               trl_set: list[str] = ()) -> dict:
+    """Where and how a table was measured: precision, engines, steps, the overrides of each engine, start time (UTC), CPU model, threads, package
+    versions and the git commit of the code (``+changes`` when the work tree differs from it; None outside git)."""
+    import platform
+    from datetime import datetime, timezone
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        commit += "+changes" if dirty else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"precision": precision, "engines": engines, "steps": steps, "warmup": warmup, "set": list(r1_set),
+            "trl_set": list(trl_set),
+            "started_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "cpu": cpu, "threads": THREADS,
+            "commit": commit, "torch": ver("torch"), "transformers": ver("transformers"), "trl": ver("trl")}
+
+
+def header(p: dict) -> str:
+    """One Markdown line naming what :func:`provenance` recorded, written above the table."""
+    names = {"fp32": "fp32", "bf16": "bf16 mixed precision"}
+    engines = "both engines" if set(p["engines"].split(",")) == {"trl", "r1"} else p["engines"]
+    versions = ", ".join(f"{k} {p[k]}" for k in ("torch", "transformers", "trl") if p.get(k))
+    overrides = "".join(f"; {flag} {' '.join(p[key])}" for flag, key in (("r1 --set", "set"), ("TRL --trl-set", "trl_set"))
+                        if p.get(key))
+    return (f"{names.get(p['precision'], p['precision'])} ({engines}){overrides}; median of {p['steps']} steps after "
+            f"{p['warmup']} warm-up; "
+            f"started {p['started_utc']} UTC on {p['cpu']}, {p['threads']} threads; {versions}; "
+            f"commit {p['commit'] or 'unknown'}")
 
 
 def _bad_arguments(args) -> str | None:
@@ -299,6 +350,7 @@ def main() -> int:
                              args.precision, args.trl_set)))
         return 0
     results, raw = {}, {}
+    where = provenance(args.precision, args.engines, args.steps, args.warmup, args.set, args.trl_set)
     with tempfile.TemporaryDirectory() as tmp:
         models = {}
         for item in args.configs.split(","):
@@ -321,15 +373,14 @@ def main() -> int:
                 print(f"{engine:4s} {item:12s} {s['step_s']:.3f} s/step (gen {s['generate_s']:.3f}, reward "
                       f"{s['reward_s']:.3f}, update {s['update_s']:.3f}), peak RSS {s['peak_rss_mb']:.0f} MB "
                       f"[{time.time() - t0:.0f} s]", flush=True)
-    text = table(results)
+    text = header(where) + "\n\n" + table(results)
     print("\n" + text + "\n\nEach column is its own median over steps (parts need not add up to s/step)"
           + ("; the TRL / r1 row divides TRL by r1 for seconds and RSS, r1 by TRL for the rates (tok/s): "
              "above 1, r1 is better; the reward column is a millisecond or two on both sides, and its ratio means "
              "nothing." if "," in args.engines else "."))
     if args.out:
         Path(args.out).write_text(text + "\n")
-        settings = {"precision": args.precision, "set": args.set, "trl_set": args.trl_set, "steps": args.steps,
-                    "warmup": args.warmup}
+        settings = where
         Path(args.out).with_suffix(".json").write_text(json.dumps({"_settings": settings, **raw}, indent=1))
     return 0
 

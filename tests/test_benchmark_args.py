@@ -120,3 +120,19 @@ def test_trl_curves_refuses_bad_seeds_in_one_line(seeds, says):
     proc = subprocess.run([sys.executable, str(script), "--seeds", seeds], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == says
+
+
+def test_the_table_header_names_precision_engines_steps_and_versions():
+    p = dict(precision="bf16", engines="trl,r1", steps=10, warmup=2, started_utc="2026-12-06 05:24",
+             cpu="Some CPU", threads=2, commit="abc1234", torch="2.13.0+cpu", transformers="5.25.0", trl=None)
+    line = grpo_step.header(p)
+    assert line == ("bf16 mixed precision (both engines); median of 10 steps after 2 warm-up; started 2026-12-06 05:24 "
+                    "UTC on Some CPU, 2 threads; torch 2.13.0+cpu, transformers 5.25.0; commit abc1234")
+    assert grpo_step.header({**p, "precision": "fp32", "engines": "r1", "commit": None}).startswith("fp32 (r1);")
+    assert grpo_step.header({**p, "commit": None}).endswith("commit unknown")
+    assert grpo_step.header({**p, "set": ["sampler=generate", "fast_logprobs=false"], "trl_set": ["x=1"]}).startswith(
+        "bf16 mixed precision (both engines); r1 --set sampler=generate fast_logprobs=false; TRL --trl-set x=1; median")
+    real = grpo_step.provenance("fp32", "r1", 3, 1, ["beta=0"])
+    assert real["set"] == ["beta=0"] and real["trl_set"] == []
+    assert (real["precision"], real["engines"], real["steps"], real["warmup"], real["threads"]) == ("fp32", "r1", 3, 1, 2)
+    assert real["torch"].startswith("2.13.0") and "\n" not in grpo_step.header(real)
