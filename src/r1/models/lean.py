@@ -739,7 +739,7 @@ def _decode_step(W: Dict[str, List[torch.Tensor]], tok: torch.Tensor, rot: torch
             qk = torch.cat([q.to(cd), k.to(cd)], 1)
         else:
             qk = qkv[:, :(H + KH) * hd].view(n, H + KH, hd)
-        # by halves, as _QKVRope: no roll, which is a concatenation on CPU (1M: sampling ~4% faster, 10M ~2%)
+        # by halves, as _QKVRope (no roll); in the decode step no faster than roll (benchmarks/lean_ab.py), the same tokens
         qk = _rotate(qk, cos, sin[:, :, hd // 2:], torch.empty_like(qk), 1.0)  # [n, H + KH, hd]
         C = kc.shape[2]
         kc.select(2, at).copy_(qk[:, H:])
