@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from r1.cli import OneLineParser
+
 SIZES = {  # Qwen2 sizes around 1M and 10M parameters with r1's 105-token character vocabulary
     "1M": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                intermediate_size=384),
@@ -322,7 +324,7 @@ def _bad_arguments(args) -> str | None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = OneLineParser(description=__doc__.split("\n")[0])
     ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="SIZE:BETA:G,... (default: all 8 of the table)")
     ap.add_argument("--engines", default="trl,r1", help="comma-separated, from trl and r1 (default: both)")
     ap.add_argument("--steps", type=int, default=10, help="measured steps after warm-up, median over them (default 10)")

@@ -27,11 +27,15 @@ absolute difference of the log-probabilities in nats, of the parameter gradients
 and the share of sampled rows with identical tokens). ``--out`` also writes it, with a line naming the versions,
 the machine and the settings. Exit code 2 with one line on stderr for a bad command line or a revision git
 cannot show.
+
+What is noise: the same code on both sides (``--base HEAD`` with a clean work tree) read new / base 0.978-1.003
+with 15-31 calls per version on 2 cores (docs/performance.md, item 15); across a refactor with the same
+arithmetic (b302c68), 11 calls read 0.964 for the reference forward. Read a ratio within ~2% of 1 (31 calls) or
+~4% (11 calls) as no change, and run ``--base HEAD`` first on a new machine.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import statistics
 import subprocess
@@ -39,6 +43,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from r1.cli import OneLineParser
 
 ROOT = Path(__file__).resolve().parents[1]
 LEAN = "src/r1/models/lean.py"
@@ -167,7 +173,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = OneLineParser(description=__doc__.split("\n")[0])
     ap.add_argument("--base", required=True, help="git revision of the old lean.py (e.g. HEAD~1, a commit)")
     ap.add_argument("--new", help="git revision of the new lean.py (default: the work tree's file)")
     ap.add_argument("--sizes", default="1M,10M", help="comma-separated, from 1M and 10M (default: both)")

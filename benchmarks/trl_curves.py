@@ -23,13 +23,14 @@ Writes OUT.json (every step of both, per seed), OUT.md (summary table) and OUT.p
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from r1.cli import OneLineParser
 
 
 def problems_for_step(task, cfg, step: int, heldout: set) -> list:
@@ -227,7 +228,7 @@ def report(per_seed: dict, eval_k: int, window: int = 10) -> list:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = OneLineParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", default="runs/r1-zero-mult",
                     help="the main job's run folder (config.yaml, checkpoints/base; default: %(default)s)")
     ap.add_argument("--steps", type=int, default=60, help="GRPO steps per trainer and seed (default: %(default)s)")

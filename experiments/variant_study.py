@@ -19,7 +19,6 @@ Figures per variant (mean ± sample std over seeds):
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -34,6 +33,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from r1.cli import OneLineParser  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ["grpo", "dapo", "dr_grpo", "gspo", "rloo"]
@@ -235,7 +236,7 @@ def write(out: Path, variants: list[str], seeds: list[int], doc: Path, img: Path
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "variant-study", help="folder of the study's runs")
     ap.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

@@ -26,7 +26,6 @@ Writes ``runs/verifier_agreement/<task>.json`` (figures and every disagreement) 
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 from math_verify import parse, verify
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from r1.cli import OneLineParser
 from r1.tasks.math import MathTask, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def measure(task: MathTask, limit: int | None, seed: int, progress: Progress) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["math", "gsm8k"], choices=["math", "gsm8k"])
     parser.add_argument("--limit", type=int, default=None, help="first N problems only (development)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the permutation that pairs problems")

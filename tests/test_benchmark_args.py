@@ -46,6 +46,11 @@ def test_the_command_refuses_in_one_line_with_exit_code_2():
                           timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().count("\n") == 0 and "a finite BETA" in proc.stderr
+    # argparse's own refusals too (a value outside the choices), without its usage block
+    proc = subprocess.run([sys.executable, str(script), "--precision", "fp8"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().count("\n") == 0 and "argument --precision: invalid choice: 'fp8'" in proc.stderr
 
 
 @pytest.mark.parametrize("out, says", [

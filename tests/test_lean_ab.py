@@ -32,6 +32,7 @@ def test_a_revision_and_the_work_tree_load_as_two_modules(tmp_path):
     (["--base", "HEAD", "--ops", "sample,decode"], "--ops 'sample,decode'"),
     (["--base", "HEAD", "--repeats", "0"], "at least 1 repeat"),
     (["--base", "no-such-rev"], "git cannot show"),
+    (["--base", "HEAD", "--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),  # argparse's own
 ])
 def test_a_bad_command_line_is_one_line_and_exit_code_2(argv, says):
     proc = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=120)

@@ -142,6 +142,21 @@ def test_bad_input_is_one_line_exit_2(arg, needle, tmp_path):
         assert "adv_baseline" not in proc.stderr and len(proc.stderr) < 160
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["eval", "--k", "abc"], "r1 eval: error: argument --k: invalid int value: 'abc' (see r1 eval --help)"),
+    (["bogus"], "r1: error: argument command: invalid choice: 'bogus'"),
+    ([], "r1: error: the following arguments are required: command (see r1 --help)"),
+    (["score", "f.jsonl"], "r1 score: error: the following arguments are required: --task"),
+])
+def test_a_bad_command_line_is_one_line_without_the_usage_block(argv, says, capsys):
+    """argparse's own refusals (a wrong type, an unknown command, a missing argument): exit code 2, one line."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and says in err
+    assert err.strip().count("\n") == 0 and "usage:" not in err
+
+
 def test_missing_recipe_and_bad_resume(tmp_path, capsys):
     assert main(["run", "nope.yaml"]) == 2
     assert main(["run", "--resume", str(tmp_path)]) == 2

@@ -25,6 +25,16 @@ from r1.config import ConfigError, load_config
 DEFAULT_RECIPE = "r1-zero-mult.yaml"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` that reports a bad command line (unknown option or command, a value of the
+    wrong type or outside ``choices``, a missing argument) in one line on stderr, ``PROG: error: MESSAGE (see
+    PROG --help)``, and exits with code 2, instead of the usage block above the message. Its subcommands'
+    parsers are of the same class (argparse makes them with the parent's class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def find_recipe(name: str | None) -> Path | None:
     """The recipe path: as given, or under ./configs/, or the repository's configs/ (editable installs)."""
     name = name or DEFAULT_RECIPE
@@ -291,7 +301,7 @@ def cmd_pipeline(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="r1", description="The DeepSeek-R1 recipe, runnable on any budget.")
+    parser = OneLineParser(prog="r1", description="The DeepSeek-R1 recipe, runnable on any budget.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="R1-Zero from scratch: pretrain a tiny base, GRPO, evaluate, report")
     p_run.add_argument("items", nargs="*", metavar="[RECIPE] [key=value]",
