@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/grpo_step.py                      # the table: {1M, 10M} x {beta 0.04, 0} x {G 8, 16}
     .venv/bin/python benchmarks/grpo_step.py --configs 1M:0.04:8 --steps 12 --out /tmp/t.md
     .venv/bin/python benchmarks/grpo_step.py --precision bf16 --out docs/img/grpo-step-bf16.md   # both in bf16 mixed precision
+    .venv/bin/python benchmarks/grpo_step.py --configs 1M:0.04:8 --rounds 5     # 5 rounds, the engines' order alternating
 
 Same work for both engines (each config, each engine in its own fresh subprocess, so peak RSS is its own):
 the same Qwen2 weights (built from a config with a fixed seed, saved once, loaded by both), r1's character
@@ -24,6 +25,12 @@ generated tokens/s (completion tokens incl. EOS / generate seconds, median of th
 tokens/s (prompt + completion tokens of the batch, padding not counted, / update seconds); peak RSS (MB, ``ru_maxrss`` of the subprocess); the ratio TRL / r1.
 A line above the table (and ``_settings`` in the .json) names the precision, the engines and their overrides, the
 steps, the start time, the CPU, the package versions and the git commit (``+changes``: the work tree differed).
+
+``--rounds R`` (default 1) runs each configuration R times, each round both engines in fresh processes, their
+order alternating (TRL then r1, then r1 then TRL, ...), so that the machine's drift between minutes falls on both
+alike. The table then pools the measured steps of all rounds (medians over R x ``--steps`` steps; peak RSS: the
+largest of the rounds), and a line under it gives TRL / r1 in s/step round by round (each round's own medians),
+the spread to read a ratio against. The .json keys its rounds ``ENGINE:SIZE:BETA:G#ROUND``.
 """
 
 from __future__ import annotations
@@ -203,6 +210,27 @@ def one(engine: str, size: str, beta: float, G: int, steps: int, model_dir: Path
     return {"rows": rows, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def pool(results: list[dict], warmup: int) -> dict:
+    """The rounds of one engine on one config as one result: the rows after each round's ``warmup`` steps, one
+    after the other, and the largest peak RSS of the rounds (summarize it with ``warmup=0``)."""
+    return {"rows": [row for res in results for row in res["rows"][warmup:]],
+            "peak_rss_mb": max(res["peak_rss_mb"] for res in results)}
+
+
+def by_round(per_round: dict, warmup: int) -> str:
+    """One line: TRL / r1 in s/step for each round of each config (each round's own medians), and their median.
+    ``per_round``: {(size, beta, G): {"trl": [result, ...], "r1": [result, ...]}}, rounds in order."""
+    parts = []
+    for (size, beta, G), eng in per_round.items():
+        if not (eng.get("trl") and eng.get("r1")):
+            continue
+        ratios = [summarize(t, warmup)["step_s"] / summarize(r, warmup)["step_s"] for t, r in zip(eng["trl"], eng["r1"])]
+        parts.append(f"{size} / {beta} / {G}: " + ", ".join(f"{x:.2f}x" for x in ratios)
+                     + f" (median {statistics.median(ratios):.2f}x)")
+    return ("TRL / r1 in s/step by round (both engines in each round, their order alternating): " + "; ".join(parts)
+            if parts else "")
+
+
 def summarize(result: dict, warmup: int) -> dict:
     rows = result["rows"][warmup:]
     med = {k: statistics.median(r[k] for r in rows) for k in ("step_s", "generate_s", "reward_s", "update_s")}
@@ -235,7 +263,7 @@ def table(results: dict) -> str:
 
 
 def provenance(precision: str, engines: str, steps: int, warmup: int, r1_set: list[str] = (),
-               trl_set: list[str] = ()) -> dict:
+               trl_set: list[str] = (), rounds: int = 1) -> dict:
     """Where and how a table was measured: precision, engines, steps, the overrides of each engine, start time (UTC), CPU model, threads, package
     versions and the git commit of the code (``+changes`` when the work tree differs from it; None outside git)."""
     import platform
@@ -263,7 +291,8 @@ def provenance(precision: str, engines: str, steps: int, warmup: int, r1_set: li
         commit += "+changes" if dirty else ""
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"precision": precision, "engines": engines, "steps": steps, "warmup": warmup, "set": list(r1_set),
+    return {"precision": precision, "engines": engines, "steps": steps, "warmup": warmup, "rounds": rounds,
+            "set": list(r1_set),
             "trl_set": list(trl_set),
             "started_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "cpu": cpu, "threads": THREADS,
             "commit": commit, "torch": ver("torch"), "transformers": ver("transformers"), "trl": ver("trl")}
@@ -276,8 +305,11 @@ def header(p: dict) -> str:
     versions = ", ".join(f"{k} {p[k]}" for k in ("torch", "transformers", "trl") if p.get(k))
     overrides = "".join(f"; {flag} {' '.join(p[key])}" for flag, key in (("r1 --set", "set"), ("TRL --trl-set", "trl_set"))
                         if p.get(key))
-    return (f"{names.get(p['precision'], p['precision'])} ({engines}){overrides}; median of {p['steps']} steps after "
-            f"{p['warmup']} warm-up; "
+    rounds = p.get("rounds", 1)
+    steps = (f"median of {p['steps']} steps after {p['warmup']} warm-up" if rounds == 1 else
+             f"median of {rounds} rounds x {p['steps']} steps, each round after {p['warmup']} warm-up, the engines' "
+             f"order alternating")
+    return (f"{names.get(p['precision'], p['precision'])} ({engines}){overrides}; {steps}; "
             f"started {p['started_utc']} UTC on {p['cpu']}, {p['threads']} threads; {versions}; "
             f"commit {p['commit'] or 'unknown'}")
 
@@ -299,6 +331,8 @@ def _bad_arguments(args) -> str | None:
             return f"--configs item {item!r}: expected a finite BETA >= 0 and G >= 2 (a group needs two completions)"
     if args.steps < 1 or args.warmup < 0:
         return f"--steps {args.steps} --warmup {args.warmup}: expected at least 1 measured step and no negative warm-up"
+    if args.rounds < 1:
+        return f"--rounds {args.rounds}: expected at least 1 round"
     if "r1" in engines:
         from r1.config import ConfigError, load_config
         try:
@@ -329,6 +363,8 @@ def main() -> int:
     ap.add_argument("--engines", default="trl,r1", help="comma-separated, from trl and r1 (default: both)")
     ap.add_argument("--steps", type=int, default=10, help="measured steps after warm-up, median over them (default 10)")
     ap.add_argument("--warmup", type=int, default=2, help="steps run before the measured ones (default 2)")
+    ap.add_argument("--rounds", type=int, default=1, help="runs of each config, both engines in each, their order "
+                    "alternating; the table pools them and a line gives TRL / r1 per round (default 1)")
     ap.add_argument("--out", help="also write the table (Markdown) and the raw rows (.json beside it) here")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="r1 config override for the r1 engine (ablations: sampler=generate, fast_logprobs=false)")
@@ -352,14 +388,17 @@ def main() -> int:
                              args.precision, args.trl_set)))
         return 0
     results, raw = {}, {}
-    where = provenance(args.precision, args.engines, args.steps, args.warmup, args.set, args.trl_set)
+    where = provenance(args.precision, args.engines, args.steps, args.warmup, args.set, args.trl_set, args.rounds)
+    engines = args.engines.split(",")
+    per_round = {}
     with tempfile.TemporaryDirectory() as tmp:
         models = {}
         for item in args.configs.split(","):
             size, beta, G = item.split(":")
             if size not in models:
                 models[size] = build_model(size, Path(tmp) / size)
-            for engine in args.engines.split(","):
+            runs = per_round.setdefault((size, beta, G), {e: [] for e in engines})
+            for engine in (e for r in range(args.rounds) for e in (engines if r % 2 == 0 else engines[::-1])):
                 cmd = [sys.executable, __file__, "--one", f"{engine}:{size}:{beta}:{G}:{models[size]}",
                        "--steps", str(args.steps), "--warmup", str(args.warmup), "--precision", args.precision,
                        *[f"--set={kv}" for kv in args.set], *[f"--trl-set={kv}" for kv in args.trl_set]]
@@ -369,13 +408,18 @@ def main() -> int:
                     print(proc.stderr[-3000:], file=sys.stderr)
                     return 1
                 res = json.loads(proc.stdout.strip().splitlines()[-1])
-                raw[f"{engine}:{item}"] = res
-                results.setdefault((size, beta, G), {})[engine] = summarize(res, args.warmup)
-                s = results[(size, beta, G)][engine]
-                print(f"{engine:4s} {item:12s} {s['step_s']:.3f} s/step (gen {s['generate_s']:.3f}, reward "
+                runs[engine].append(res)
+                label = item if args.rounds == 1 else f"{item}#{len(runs[engine])}"
+                raw[f"{engine}:{label}"] = res
+                s = summarize(res, args.warmup)
+                print(f"{engine:4s} {label:12s} {s['step_s']:.3f} s/step (gen {s['generate_s']:.3f}, reward "
                       f"{s['reward_s']:.3f}, update {s['update_s']:.3f}), peak RSS {s['peak_rss_mb']:.0f} MB "
                       f"[{time.time() - t0:.0f} s]", flush=True)
+            for engine in engines:
+                results.setdefault((size, beta, G), {})[engine] = summarize(pool(runs[engine], args.warmup), 0)
     text = header(where) + "\n\n" + table(results)
+    spread = by_round(per_round, args.warmup) if args.rounds > 1 else ""
+    text += "\n\n" + spread if spread else ""
     print("\n" + text + "\n\nEach column is its own median over steps (parts need not add up to s/step)"
           + ("; the TRL / r1 row divides TRL by r1 for seconds and RSS, r1 by TRL for the rates (tok/s): "
              "above 1, r1 is better; the reward column is a millisecond or two on both sides, and its ratio means "

@@ -11,7 +11,7 @@ SPEC.loader.exec_module(grpo_step)
 
 
 def args(**kw):
-    base = dict(engines="trl,r1", configs="1M:0.04:8", steps=10, warmup=2, set=[], trl_set=[], one=None)
+    base = dict(engines="trl,r1", configs="1M:0.04:8", steps=10, warmup=2, rounds=1, set=[], trl_set=[], one=None)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -30,6 +30,7 @@ def test_good_arguments_pass():
     (dict(configs="1M:inf:8"), "a finite BETA"),
     (dict(steps=0), "at least 1 measured step"),
     (dict(warmup=-1), "no negative warm-up"),
+    (dict(rounds=0), "--rounds 0: expected at least 1 round"),
     (dict(set=["mixed_precision=fp16"]), "--set"),
 ])
 def test_bad_arguments_are_named(kw, says):
@@ -141,3 +142,32 @@ def test_the_table_header_names_precision_engines_steps_and_versions():
     assert real["set"] == ["beta=0"] and real["trl_set"] == []
     assert (real["precision"], real["engines"], real["steps"], real["warmup"], real["threads"]) == ("fp32", "r1", 3, 1, 2)
     assert real["torch"].startswith("2.13.0") and "\n" not in grpo_step.header(real)
+
+
+def _result(steps, rss):
+    """A fake engine run: rows whose parts are a fixed share of the step, 100 tokens each."""
+    return {"rows": [{"step_s": t, "generate_s": t / 2, "reward_s": 0.001, "update_s": t / 2,
+                      "completion_tokens": 60, "prompt_tokens": 40} for t in steps], "peak_rss_mb": rss}
+
+
+def test_rounds_pool_their_steps_and_give_the_ratio_of_each_round():
+    """Hand-worked, warm-up 1: round 1 TRL median(1.0, 1.2) = 1.1 s, r1 median(0.5, 0.6) = 0.55 s: 2.00x; round 2
+    TRL 0.8 s, r1 0.5 s: 1.60x; median of the rounds 1.80x. Pooled: TRL median(1.0, 1.2, 0.8, 0.8) = 0.9 s,
+    r1 median(0.5, 0.6, 0.5, 0.5) = 0.5 s (the warm-up steps, 9 s, left out); peak RSS the larger round's."""
+    trl = [_result([9.0, 1.0, 1.2], 800), _result([9.0, 0.8, 0.8], 820)]
+    r1 = [_result([9.0, 0.5, 0.6], 700), _result([9.0, 0.5, 0.5], 690)]
+    pooled = grpo_step.summarize(grpo_step.pool(trl, 1), 0)
+    assert (pooled["step_s"], pooled["peak_rss_mb"], pooled["steps"]) == (0.9, 820, 4)
+    assert grpo_step.summarize(grpo_step.pool(r1, 1), 0)["step_s"] == 0.5
+    line = grpo_step.by_round({("1M", "0.04", "8"): {"trl": trl, "r1": r1}}, 1)
+    assert line.endswith(": 1M / 0.04 / 8: 2.00x, 1.60x (median 1.80x)")
+    assert grpo_step.by_round({("1M", "0.04", "8"): {"trl": [], "r1": r1}}, 1) == ""  # one engine: no ratio
+    # one round pools to the round itself
+    assert grpo_step.summarize(grpo_step.pool(trl[:1], 1), 0) == grpo_step.summarize(trl[0], 1)
+
+
+def test_the_header_names_the_rounds():
+    p = dict(precision="fp32", engines="trl,r1", steps=10, warmup=2, rounds=3, started_utc="2026-12-06 07:00",
+             cpu="Some CPU", threads=2, commit="abc1234", torch="2.13.0+cpu", transformers=None, trl=None)
+    assert grpo_step.header(p).startswith("fp32 (both engines); median of 3 rounds x 10 steps, each round after 2 "
+                                          "warm-up, the engines' order alternating; started")
