@@ -264,8 +264,9 @@ def table(results: dict) -> str:
 
 def provenance(precision: str, engines: str, steps: int, warmup: int, r1_set: list[str] = (),
                trl_set: list[str] = (), rounds: int = 1) -> dict:
-    """Where and how a table was measured: precision, engines, steps, the overrides of each engine, start time (UTC), CPU model, threads, package
-    versions and the git commit of the code (``+changes`` when the work tree differs from it; None outside git)."""
+    """Where and how a table was measured: precision, engines, steps, rounds, the overrides of each engine, start
+    time (UTC), CPU model, threads, package versions and the git commit of the code (``+changes`` when the work tree
+    differs from it; None outside git)."""
     import platform
     from datetime import datetime, timezone
     from importlib.metadata import PackageNotFoundError, version
@@ -292,8 +293,7 @@ def provenance(precision: str, engines: str, steps: int, warmup: int, r1_set: li
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {"precision": precision, "engines": engines, "steps": steps, "warmup": warmup, "rounds": rounds,
-            "set": list(r1_set),
-            "trl_set": list(trl_set),
+            "set": list(r1_set), "trl_set": list(trl_set),
             "started_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "cpu": cpu, "threads": THREADS,
             "commit": commit, "torch": ver("torch"), "transformers": ver("transformers"), "trl": ver("trl")}
 
@@ -419,15 +419,15 @@ def main() -> int:
                 results.setdefault((size, beta, G), {})[engine] = summarize(pool(runs[engine], args.warmup), 0)
     text = header(where) + "\n\n" + table(results)
     spread = by_round(per_round, args.warmup) if args.rounds > 1 else ""
-    text += "\n\n" + spread if spread else ""
+    if spread:
+        text += "\n\n" + spread
     print("\n" + text + "\n\nEach column is its own median over steps (parts need not add up to s/step)"
           + ("; the TRL / r1 row divides TRL by r1 for seconds and RSS, r1 by TRL for the rates (tok/s): "
              "above 1, r1 is better; the reward column is a millisecond or two on both sides, and its ratio means "
              "nothing." if "," in args.engines else "."))
     if args.out:
         Path(args.out).write_text(text + "\n")
-        settings = where
-        Path(args.out).with_suffix(".json").write_text(json.dumps({"_settings": settings, **raw}, indent=1))
+        Path(args.out).with_suffix(".json").write_text(json.dumps({"_settings": where, **raw}, indent=1))
     return 0
 
 

@@ -800,8 +800,8 @@ class _QKVRope(torch.autograd.Function):
     float32 forward + backward on 2 CPU cores (Intel Xeon, 12-06; old and new alternating in one process, medians
     of 15) ~4% faster at 8 x 320 (64 rows, 3,050 tokens: 1,231 -> 1,180 and 1,268 -> 1,213 ms) and ~5% at 4 x 128
     (195 -> 186 and 185 -> 175 ms), the forward alone ~2%. Float32 compute only (under bf16 mixed precision it
-    was no faster), and not for Qwen3, whose q/k norms come before the rotary (:meth:`_Weights.qkv`). The same values as the module arithmetic; gradients equal up to float rounding
-    (tests/test_lean.py)."""
+    was no faster), and not for Qwen3, whose q/k norms come before the rotary (:meth:`_Weights.qkv`). The same
+    values as the module arithmetic; gradients equal up to float rounding (tests/test_lean.py)."""
 
     @staticmethod
     def forward(ctx, qkv, cos, sin, H, KH, hd):
