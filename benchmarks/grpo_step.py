@@ -227,7 +227,9 @@ def by_round(per_round: dict, warmup: int) -> str:
         ratios = [summarize(t, warmup)["step_s"] / summarize(r, warmup)["step_s"] for t, r in zip(eng["trl"], eng["r1"])]
         parts.append(f"{size} / {beta} / {G}: " + ", ".join(f"{x:.2f}x" for x in ratios)
                      + f" (median {statistics.median(ratios):.2f}x)")
-    return ("TRL / r1 in s/step by round (both engines in each round, their order alternating): " + "; ".join(parts)
+    return ("TRL / r1 in s/step by round (each round's own medians; both engines in each round, their order "
+            "alternating; the table above pools the steps of all rounds, its peak RSS the largest round's): "
+            + "; ".join(parts)
             if parts else "")
 
 
