@@ -106,12 +106,12 @@ class RunConfig:
     lora_target_modules: str = "all-linear"  # peft target_modules: "all-linear" or comma-separated module names
     logprob_chunk_size: int = 0  # positions per chunk when computing log-probabilities (0 = all at once; bounds [N, chunk, V] logits)
     device: str = "auto"  # "auto" (cuda if available), "cpu" or "cuda"; for model_path checkpoints (the tiny policy built from scratch runs on the CPU)
-    rollout_engine: str = "transformers"  # "transformers" (this process, CPU or GPU) or "vllm" (GPU, pip install -e ".[vllm]")
+    rollout_engine: str = "transformers"  # "transformers" (this process, CPU or GPU) or "vllm" (GPU: pip install -e ".[vllm]"; CPU: vLLM's CPU build, make test-vllm-cpu)
     sampler: str = "auto"  # transformers engine: "lean" (r1's KV-cache sampler), "generate" (transformers' generate), auto = lean where the model family allows
     fast_logprobs: bool = True  # policy/reference log-probs by r1's lean forward (shared prompt per group, no padding compute) where the model family allows
     mixed_precision: str = "no"  # RL step (sampling and update): "no", or "bf16" = matmuls and attention in bfloat16 on float32 weights, optimizer and loss (torch.autocast's numerics; TRL's bf16=True); rollout_engine=vllm samples in vLLM's own dtype
     update_micro_batch_tokens: int = 0  # policy update: gradients accumulated over micro-batches of whole groups of at most this many tokens; 0 = auto (~1 GB of activations on CPU in float32, ~256 MB in bf16, whole batch on GPU); a value set here also bounds the reference's and old policy's forwards, which otherwise take larger micro-batches of their own
-    vllm_gpu_memory_utilization: float = 0.3  # vllm engine: share of GPU memory vLLM may take (the trainer needs the rest)
+    vllm_gpu_memory_utilization: float = 0.3  # vllm engine: share of GPU memory vLLM may take (the trainer needs the rest); with vLLM's CPU build, of the machine's memory
 
     # --- policy (a Llama-class decoder built from a config, random init) ---
     model_type: str = "llama"  # decoder class; "llama" (see models/policy.py for why not qwen2)

