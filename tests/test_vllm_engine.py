@@ -566,13 +566,23 @@ def real(tmp_path_factory):
         device = "cpu"
     else:
         pytest.skip("the real vLLM engine needs a CUDA GPU or vLLM's CPU build")
+    return real_engine("qwen2", tmp_path_factory.mktemp("qwen2-vllm"), device)
+
+
+def real_engine(family, directory, device):
+    """(path, policy, tokenizer, engine, prompts) for a tiny ``family`` checkpoint (float32, head size 32:
+    vLLM's CPU attention takes 32 and up). The KV cache is set to 256 MiB where vLLM takes that argument, so
+    that several engines fit in one test process (vLLM's CPU build otherwise sizes it from the share of
+    memory less this process's whole RSS)."""
     from r1.models.prompts import BOXED, render_prompt
 
-    path = save_tiny("qwen2", tmp_path_factory.mktemp("qwen2-vllm"), seed=0, hidden_size=128)
+    path = save_tiny(family, directory, seed=0, hidden_size=128)
     policy, tok = load_policy(path, device=device)
     cfg = dataclasses.replace(RunConfig(), model_path=str(path), max_new_tokens=MAX_NEW,
                               vllm_gpu_memory_utilization=0.2, seed=0)
-    engine = VLLMEngine.from_config(cfg, policy, tok, enforce_eager=True)
+    known = vllm_engine._engine_arg_names(vllm_engine._import_vllm()) or set()
+    kv = {"kv_cache_memory_bytes": 256 << 20} if "kv_cache_memory_bytes" in known else {}
+    engine = VLLMEngine.from_config(cfg, policy, tok, enforce_eager=True, **kv)
     prompts = [render_prompt(tok, q, "chat", instruction=BOXED).text for q in QUESTIONS]
     return path, policy, tok, engine, prompts
 
@@ -647,3 +657,21 @@ def test_real_vllm_lora_policy(real):
     batch = engine.generate(prompts, G, MAX_NEW, temperature=1.0)
     assert (trainer_logp(lora, batch, 1.0) - batch.sampler_logp).abs().max().item() < 1e-3
     engine.sync_weights(policy)
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen3"])
+def test_real_vllm_follows_synced_weights_of_other_families(real, family, tmp_path):
+    """Llama 3 (the main job's policy class) and Qwen3 (q/k norms): every parameter moved by noise, then
+    synced; vLLM samples from the new weights (its log-probabilities are the trainer's, not the old ones')."""
+    device = real[1].device.type
+    _, policy, tok, engine, prompts = real_engine(family, tmp_path / family, device)
+    changed = copy.deepcopy(policy)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in changed.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    engine.sync_weights(changed)
+    torch.manual_seed(0)
+    batch = engine.generate(prompts, G, MAX_NEW, temperature=1.0)
+    assert (trainer_logp(changed, batch, 1.0) - batch.sampler_logp).abs().max().item() < 1e-3
+    assert (trainer_logp(policy, batch, 1.0) - batch.sampler_logp).abs().max().item() > 1e-2
