@@ -121,7 +121,7 @@ def fake_vllm(version="0.11.0", top_k_disabled=0, names=(), respond=None, rpc=Tr
     mod.__version__ = version
     mod.log, mod.inits, mod.generate_calls = [], [], []
     fields = ["model", "tokenizer", "dtype", "gpu_memory_utilization", "seed", "max_model_len",
-              "enable_prefix_caching", "generation_config", "enforce_eager"]
+              "enable_prefix_caching", "generation_config", "enforce_eager", "enable_chunked_prefill"]
     if logprobs_mode_arg:  # an EngineArgs field from vLLM 0.10 on
         fields.append("logprobs_mode")
     mod.EngineArgs = dataclasses.make_dataclass("EngineArgs",
@@ -397,6 +397,7 @@ def test_cpu_build_runs_without_cuda(monkeypatch, tmp_path):
     monkeypatch.setattr(vllm_engine, "vllm_build", lambda: "cpu")
     engine = VLLMEngine.from_config(RunConfig(), policy, tok)
     assert engine.device == torch.device("cpu")
+    assert mod.inits[-1]["enable_chunked_prefill"] is False  # a prompt split between steps fails on the CPU build
     monkeypatch.setattr("importlib.util.find_spec", lambda name: object())
     _check_vllm(RunConfig(rollout_engine="vllm"))  # no error: the main job's policy has heads of 128 / 4 = 32
     small, _ = build_tiny("qwen2", hidden_size=64)  # heads of 16
@@ -669,6 +670,23 @@ def test_real_vllm_lora_policy(real):
     engine.sync_weights(policy)
 
 
+def test_real_vllm_many_prompts_in_one_call(real):
+    """More prompt tokens in one call than vLLM's scheduler takes in a step (64 prompts x G): with chunked
+    prefill, a prompt split between two steps made vLLM's CPU build rewind a seeded CPU generator and
+    fail; the engine turns chunking off there. Every row still has the trainer's log-probabilities."""
+    from r1.models.prompts import BOXED, render_prompt
+
+    _, policy, tok, engine, _ = real
+    engine.sync_weights(policy)
+    many = [render_prompt(tok, f"What is {i} + {2 * i}?", "chat", instruction=BOXED).text for i in range(64)]
+    torch.manual_seed(0)
+    batch = engine.generate(many, G, MAX_NEW, temperature=1.0)
+    assert batch.completion_ids.shape[0] == len(many) * G
+    assert (trainer_logp(policy, batch, 1.0) - batch.sampler_logp).abs().max().item() < 1e-3
+
+
+# Last in the file: these build engines of their own, and when one is freed vLLM's process-wide parallel
+# state goes with it, so the module's `real` engine cannot run after them.
 @pytest.mark.parametrize("family", ["llama3", "qwen3"])
 def test_real_vllm_follows_synced_weights_of_other_families(real, family, tmp_path):
     """Llama 3 (the main job's policy class) and Qwen3 (q/k norms): every parameter moved by noise, then

