@@ -9,7 +9,8 @@ vLLM (token ids, sampling parameters, ``LLM`` arguments), the RolloutBatch built
 
 With vLLM on a CUDA GPU, or with vLLM's CPU build (``make test-vllm-cpu``): the real engine on a tiny
 Qwen2 checkpoint (layout, log-probabilities against r1's own ``token_logprobs``, reproducibility, weight
-sync, tied word embeddings, LoRA). Skipped elsewhere.
+sync, tied word embeddings, LoRA, 64 prompts in one call), and tiny Llama 3 and Qwen3 checkpoints (weight
+sync). Skipped elsewhere.
 """
 
 import ast
