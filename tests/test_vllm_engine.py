@@ -424,6 +424,9 @@ def test_cpu_build_runs_without_cuda(monkeypatch, tmp_path):
     assert vllm_engine.cpu_model_error({**heads, "num_experts": 128}).startswith("an MoE model")  # Qwen3-MoE
     assert vllm_engine.cpu_model_error({**heads, "num_experts": 1}) is None  # one expert: a dense MLP
     assert vllm_engine.cpu_model_error({**heads, "num_experts": None}) is None
+    mla = {**heads, "n_routed_experts": 1, "kv_lora_rank": 512, "qk_rope_head_dim": 64}  # MLA, no MoE
+    assert vllm_engine.cpu_model_error(mla).startswith("an MLA model (kv_lora_rank): vLLM's CPU build frees")
+    assert vllm_engine.cpu_model_error({**heads, "kv_lora_rank": None}) is None  # the key unset: no MLA
     monkeypatch.setattr(vllm_engine, "vllm_build", lambda: "gpu")
     with pytest.raises(ValueError, match="needs a CUDA GPU .* or vLLM's CPU build"):
         VLLMEngine.from_config(RunConfig(), policy, tok)

@@ -131,13 +131,18 @@ def cpu_model_error(config: dict) -> str | None:
       ``vllm/model_executor/layers/fused_moe/unquantized_fused_moe_method.py`` skips
       ``fused_experts.process_weights_after_loading`` on a weight update), so after a push vLLM would
       sample with the new weights read in the packed layout (a tiny DeepSeek-V3 in bf16: sampler
-      log-probabilities 1.07 nats off the pushed weights', 0.88 off the old ones'). Its MLA attention
-      (DeepSeek) also frees ``kv_b_proj``'s weight after loading, and the next push fails on it.
+      log-probabilities 1.07 nats off the pushed weights', 0.88 off the old ones');
+    * the model has MLA attention (DeepSeek-V2/V3: ``kv_lora_rank`` set): the CPU's MLA frees
+      ``kv_b_proj``'s weight after loading (``MLAAttention.process_weights_after_loading`` with AMX), and
+      vLLM's in-place reload then fails copying the pushed weight into the empty tensor.
     """
     experts = [config.get(key) for key in MOE_EXPERT_KEYS]
     if any(isinstance(n, int) and n > 1 for n in experts):
-        return ("an MoE model: vLLM's CPU build packs the experts' weights only at the first load, so it would "
-                "sample from stale experts after a weight push")
+        return ("an MoE model: vLLM's CPU build packs the experts' weights only at the first load, so after a "
+                "weight push its experts would compute with unpacked weights (neither the old model nor the new)")
+    if config.get("kv_lora_rank"):
+        return ("an MLA model (kv_lora_rank): vLLM's CPU build frees the MLA's kv_b_proj weight after loading, "
+                "so a weight push fails")
     try:
         head = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     except (KeyError, TypeError, ZeroDivisionError):
@@ -194,7 +199,8 @@ def policy_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
     ``mlp.gate.e_score_correction_bias``); without them vLLM's layerwise reload leaves them unset.
 
     A plain model: its ``state_dict`` entries (tied weights once), detached; no copy where the layout is
-    the same (the experts' per-expert matrices are views too). A peft LoRA model: each adapted layer's
+    the same (an MoE layer's per-expert ``down_proj`` matrices are views too; its ``gate_proj`` and
+    ``up_proj`` are copied out of ``gate_up_proj``, one layer at a time). A peft LoRA model: each adapted layer's
     ``W + scale * B A`` (and bias + ``lora_B`` bias with ``lora_bias``), computed into a new tensor in
     ``W``'s dtype, so the policy itself is left as it is (``merge_adapter``/``unmerge_adapter``, TRL's
     way, would round ``W`` twice in bf16); names lose ``base_model.model.`` and ``.base_layer``;
