@@ -242,26 +242,21 @@ def _decoder_layer(name: str) -> str | None:
 def _in_memory_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
     """:func:`policy_weights` before the conversion to the checkpoint's layout: ``state_dict`` names of
     the Hugging Face model (tied weights once; LoRA merged as described there)."""
-    seen: set[int] = set()
-    if not _is_lora(policy):
-        for name, tensor in policy.state_dict(keep_vars=True).items():
-            if id(tensor) not in seen:
-                seen.add(id(tensor))
-                yield name, tensor.detach()
-        return
-    from peft.tuners.lora import LoraLayer
-
-    layers: dict[str, LoraLayer] = {}
-    for name, module in policy.named_modules():
+    lora = _is_lora(policy)
+    layers: dict[str, object] = {}  # peft's LoraLayer modules by name
+    if lora:
+        from peft.tuners.lora import LoraLayer
+    for name, module in policy.named_modules() if lora else ():
         if isinstance(module, LoraLayer):
             variants = [a for a in getattr(module, "lora_variant", {}) if a in module.active_adapters]
             if variants and not (module.disable_adapters or module.merged):
                 raise ValueError(f"sync_weights: adapter {variants[0]!r} on {name} is a peft LoRA variant (e.g. DoRA); "
                                  "only plain LoRA can be merged into the vLLM weights")
             layers[name] = module
+    seen: set[int] = set()
     for name, param in policy.state_dict(keep_vars=True).items():
         parts = name.split(".")
-        if any(p.startswith("lora_") for p in parts) or "original_module" in parts or id(param) in seen:
+        if id(param) in seen or lora and (any(p.startswith("lora_") for p in parts) or "original_module" in parts):
             continue
         seen.add(id(param))
         value = param.detach()
@@ -277,8 +272,9 @@ def _in_memory_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
                 if biased:
                     delta = sum(module.lora_B[a].bias.detach().float() * module.scaling[a] for a in biased)
                     value = (value.float() + delta).to(value.dtype)
-        clean = name.removeprefix("base_model.model.").replace(".base_layer", "")
-        yield clean.replace(".modules_to_save.default", ""), value
+        if lora:
+            name = name.removeprefix("base_model.model.").replace(".base_layer", "").replace(".modules_to_save.default", "")
+        yield name, value
 
 
 def _load_into_model(model, weights: Iterable[tuple[str, torch.Tensor]]) -> tuple[list[str] | None, list[str]]:
@@ -535,8 +531,8 @@ class VLLMEngine:
 
         Weights: :func:`policy_weights` (the Hugging Face checkpoint's names and layout; LoRA adapters
         merged into a copy, one decoder layer at a time, the policy is not modified), the whole model in
-        one call so that vLLM can repack it once. Mechanism: ``LLM.collective_rpc(fn, args=(policy,))``, where ``fn(worker, policy)``
-        loads through the model runner's ``reload_weights(weights_iterator=...)`` where it has one, else
+        one call so that vLLM can repack it once. Mechanism: ``LLM.collective_rpc(fn, args=(policy,))``,
+        where ``fn(worker, policy)`` loads through the model runner's ``reload_weights(weights_iterator=...)`` where it has one, else
         the worker model's ``load_weights``; without ``collective_rpc`` (older vLLM), ``fn`` on TRL's
         ``llm.llm_engine.model_executor.driver_worker``. See the module docstring.
 
