@@ -415,8 +415,8 @@ def test_cpu_build_runs_without_cuda(monkeypatch, tmp_path):
     moe = "an MoE model: vLLM's CPU build packs the experts' weights only at the first load"
     ds_path = save_tiny("deepseek_v3", tmp_path / "ds", seed=0, hidden_size=128)  # heads of 32, 4 routed experts
     ds, ds_tok = load_policy(ds_path, device="cpu")
-    with pytest.raises(ValueError, match=f"^rollout_engine=vllm on vLLM's CPU build: {moe}"):
-        VLLMEngine.from_config(RunConfig(), ds, ds_tok)
+    with pytest.raises(ValueError, match=f"^rollout_engine=vllm on vLLM's CPU build: {moe}.*; and an MLA model"):
+        VLLMEngine.from_config(RunConfig(), ds, ds_tok)  # DeepSeek-V3 is both: both reasons named
     with pytest.raises(ConfigError, match=f"on vLLM's CPU build: {moe}"):
         _check_vllm(RunConfig(rollout_engine="vllm", model_path=str(ds_path)))
     heads = {"hidden_size": 128, "num_attention_heads": 4}

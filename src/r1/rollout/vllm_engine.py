@@ -136,13 +136,15 @@ def cpu_model_error(config: dict) -> str | None:
       ``kv_b_proj``'s weight after loading (``MLAAttention.process_weights_after_loading`` with AMX), and
       vLLM's in-place reload then fails copying the pushed weight into the empty tensor.
     """
-    experts = [config.get(key) for key in MOE_EXPERT_KEYS]
-    if any(isinstance(n, int) and n > 1 for n in experts):
-        return ("an MoE model: vLLM's CPU build packs the experts' weights only at the first load, so after a "
-                "weight push its experts would compute with unpacked weights (neither the old model nor the new)")
+    reasons = []
+    if any(isinstance(n, int) and n > 1 for n in (config.get(key) for key in MOE_EXPERT_KEYS)):
+        reasons.append("an MoE model: vLLM's CPU build packs the experts' weights only at the first load, so after "
+                       "a weight push its experts would compute with unpacked weights (neither the old model nor the new)")
     if config.get("kv_lora_rank"):
-        return ("an MLA model (kv_lora_rank): vLLM's CPU build frees the MLA's kv_b_proj weight after loading, "
-                "so a weight push fails")
+        reasons.append("an MLA model (kv_lora_rank): vLLM's CPU build frees the MLA's kv_b_proj weight after "
+                       "loading, so a weight push fails")
+    if reasons:
+        return "; and ".join(reasons)
     try:
         head = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     except (KeyError, TypeError, ZeroDivisionError):
